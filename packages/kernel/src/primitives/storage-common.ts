@@ -1,4 +1,4 @@
-import type { CborMap } from "@kpip/protocol";
+import { type CborMap, grantAllows } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import type { BlobStore } from "../store/blobs.js";
@@ -48,6 +48,24 @@ export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { wor
 }
 
 /**
+ * A refused compare-and-set (`ifGeneration`). It names the object's current generation only to a
+ * caller whose grant may also stat or read the object: a persona that may only write (a drop box)
+ * would otherwise learn, without changing anything, how often another persona rewrote its object
+ * — a number no op it holds answers (red team, wt-red55). That the object exists (or not) the
+ * refusal itself says: that is what a compare-and-set asks.
+ */
+export function generationConflict(ctx: Pick<OpContext, "grant" | "targetUri">, current: number): OpError {
+  const g = ctx.grant;
+  const mayLook = !g || grantAllows(g, "storage.stat", ctx.targetUri) || grantAllows(g, "storage.read", ctx.targetUri);
+  return new OpError(
+    "SEMANTIC",
+    mayLook
+      ? `generation conflict: ${ctx.targetUri} is at generation ${current}`
+      : `generation conflict: ${ctx.targetUri} is ${current === 0 ? "absent" : "at another generation"}`,
+  );
+}
+
+/**
  * Commits an object's new body (inline, or a pinned body already in the file store) with its
  * owner's usage and the request's dedupe record (`ctx.atomically`, PROTOCOL §11 rule 9) in one
  * transaction, then lets go of the bodies nothing names any more: the previous one, or the new
@@ -93,7 +111,7 @@ export function commitObject(
         // Part of the transaction atomically opens (with the dedupe record); a conflict thrown here rolls all of it back.
         store.partOfTransaction(() => {
           const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
-          if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
+          if (!w.ok) throw generationConflict(ctx, w.current);
           ledger.chargeStorage(ctx.persona, workspace, path, w.previous, size, ctx.grant);
           previous = w.previous;
           generation = w.generation;

@@ -1,7 +1,7 @@
 import { readSync } from "node:fs";
 import { storageUploadAbort, storageUploadBegin, storageUploadChunk, storageUploadCommit } from "@kpip/protocol";
 import { implement } from "./implement.js";
-import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
+import { commitObject, generationConflict, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import type { Upload } from "./storage-uploads.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
 
@@ -78,7 +78,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const existing = d.store.statObject(workspace, path);
         const ifGeneration = ctx.args.ifGeneration;
         if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
-          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
+          throw generationConflict(ctx, existing?.generation ?? 0);
         d.ledger.checkStorage(ctx.persona, workspace, path, existing, size, ctx.grant, uploads.pendingFor(workspace, u));
         u.committing = true;
         // A body below the inline size stays in the database, as a write's does: a file (a block

@@ -5,7 +5,7 @@ import { DamagedBodyError } from "../store/blobs.js";
 import type { ObjectBody } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
-import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
+import { commitObject, generationConflict, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
 import { storageChanged, watchOps } from "./storage-watch.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -54,7 +54,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const existing = store.statObject(workspace, path);
           const want = ctx.args.ifGeneration;
           if (want !== undefined && want !== (existing?.generation ?? 0))
-            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
+            throw generationConflict(ctx, existing?.generation ?? 0);
           ledger.checkStorage(ctx.persona, workspace, path, existing, data.length, ctx.grant);
           const body: ObjectBody = { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);
@@ -149,7 +149,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
               store.partOfTransaction(() => {
                 const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-                if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
+                if (!x.ok) throw generationConflict(ctx, x.current);
                 if (x.previous) ledger.releaseStorage(workspace, path, x.previous);
                 old = x.previous?.hash ? { hash: x.previous.hash, size: x.previous.size } : undefined;
                 return {

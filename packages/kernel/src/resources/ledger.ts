@@ -102,7 +102,8 @@ export class ResourceLedger {
               scope,
               persona,
               `${used} used + ${delta} > limit ${limit}${ROW_NOTE}`,
-              `${delta} more bytes would pass its limit ${limit}${ROW_NOTE}`,
+              // Not `delta`: over a sibling's object that is the new cost less its size (case 716).
+              `an object costing ${now} bytes would pass its limit ${limit}${ROW_NOTE}`,
             ),
           );
       }
@@ -112,10 +113,12 @@ export class ResourceLedger {
       const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
         // Not what the workspace holds: every persona's bytes there, which only a grant over the
-        // workspace may query (resource.query obj://<ws>, case 326).
+        // workspace may query (resource.query obj://<ws>, case 326). Nor what the change adds:
+        // that is the new cost less the replaced object's, whose size a persona that may write
+        // it but not stat it would read off the refusal (case 716). The new cost is the caller's own.
         throw new OpError(
           "RESOURCE",
-          `storage.bytes exceeded for workspace ${workspace}: ${Math.max(wsDelta, 0)} more bytes would pass its quota ${this.quotas.workspaceStorageBytes}${ROW_NOTE}`,
+          `storage.bytes exceeded for workspace ${workspace}: an object costing ${now} bytes there would pass its quota ${this.quotas.workspaceStorageBytes}${ROW_NOTE}`,
         );
     }
   }
