@@ -102,7 +102,7 @@ export class ResourceLedger {
               scope,
               persona,
               `${used} used + ${delta} > limit ${limit}${ROW_NOTE}`,
-              // Not `delta`: over a sibling's object that is the new cost less its size (case 716).
+              // Not `delta`: over a sibling's object that is the new cost less its size (case 681).
               `an object costing ${now} bytes would pass its limit ${limit}${ROW_NOTE}`,
             ),
           );
@@ -115,7 +115,7 @@ export class ResourceLedger {
         // Not what the workspace holds: every persona's bytes there, which only a grant over the
         // workspace may query (resource.query obj://<ws>, case 326). Nor what the change adds:
         // that is the new cost less the replaced object's, whose size a persona that may write
-        // it but not stat it would read off the refusal (case 716). The new cost is the caller's own.
+        // it but not stat it would read off the refusal (case 681). The new cost is the caller's own.
         throw new OpError(
           "RESOURCE",
           `storage.bytes exceeded for workspace ${workspace}: an object costing ${now} bytes there would pass its quota ${this.quotas.workspaceStorageBytes}${ROW_NOTE}`,
