@@ -83,7 +83,7 @@ describe("a flood in the evidence", () => {
     }
   });
 
-  it("audit timeline --summary counts a persona's rows past 128 scopes of one op and outcome in one group, so refusals at 2 KB topics of its choosing neither fill the investigator's memory nor bury the act", async () => {
+  it("audit timeline --summary counts a persona's rows past 128 scopes of one op and outcome, or past 256 ops of one outcome, in one group, so refusals at topics and op names of its choosing neither fill the investigator's memory nor bury the act", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-summary-scopes-"));
     const floods = 200;
     try {
@@ -113,6 +113,8 @@ describe("a flood in the evidence", () => {
         const flood: Promise<unknown>[] = [];
         for (let i = 0; i < floods; i++)
           flood.push(asEve.call("event.emit", `topic://${String(i).padStart(1900, "x")}`, { data: 1 }).catch((e) => e));
+        // An unknown op is refused SEMANTIC and recorded by the name it was sent with, hers too.
+        for (let i = 0; i < 300; i++) flood.push(asEve.call(`zz${"q".repeat(90)}.a${i}`, "kernel://").catch((e) => e));
         await Promise.all(flood);
         await asEve.storage.read("obj://bobws/secret");
       } finally {
@@ -143,6 +145,12 @@ describe("a flood in the evidence", () => {
         emits.reduce((n, g) => n + g.count, 0),
         floods,
         "every refusal counted",
+      );
+      const unknown = groups.filter((g) => g.outcome === "FAILURE/SEMANTIC");
+      assert.equal(unknown.length, 257, "256 ops apart, the rest in one group");
+      assert.deepEqual(
+        unknown.filter((g) => g.count > 1).map((g) => [g.count, g.op, g.scope]),
+        [[300 - 256, "(ops past the first 256)", "kernel://"]],
       );
       // The read keeps its own group (another op): the act the summary is there to show.
       assert.deepEqual(

@@ -51,15 +51,34 @@ export const MAX_SCOPES = 128;
 /** The scope of the group that counts a persona's rows for one op and outcome past {@link MAX_SCOPES} scopes. */
 export const otherScopes = `(scopes past the first ${MAX_SCOPES}: list them with --persona and --op)`;
 
+/**
+ * Ops counted apart for one persona and outcome; further ops' rows are counted as {@link otherOps}.
+ * An unknown op's name is the requester's (refused SEMANTIC, on the record as sent): a group per
+ * name would be as unbounded as a group per scope. The kernel's own ops are far fewer.
+ */
+export const MAX_OPS = 256;
+
+/** The op of the groups counting a persona's rows for one outcome past {@link MAX_OPS} ops. */
+export const otherOps = `(ops past the first ${MAX_OPS})`;
+
 /** Counts rows into groups; {@link groups} then gives them rarest first. */
 export class Summary {
   private readonly map = new Map<string, SummaryGroup>();
   /** Scopes with a group of their own, per persona, op and outcome. */
   private readonly scopes = new Map<string, number>();
+  /** Ops with groups of their own, per persona and outcome. */
+  private readonly ops = new Map<string, Set<string>>();
   add(r: TimelineRow): void {
     const persona = r.persona;
-    const op = r.op ?? `(${r.phase})`;
+    let op = r.op ?? `(${r.phase})`;
     const outcome = outcomeOf(r);
+    const who = `${persona}\0${outcome}`;
+    let known = this.ops.get(who);
+    if (!known) this.ops.set(who, (known = new Set()));
+    if (!known.has(op)) {
+      if (known.size >= MAX_OPS) op = otherOps;
+      else known.add(op);
+    }
     let scope = scopeOf(r.target);
     const kind = `${persona}\0${op}\0${outcome}`;
     let key = `${kind}\0${scope}`;
