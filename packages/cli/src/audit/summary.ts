@@ -73,8 +73,8 @@ export class Summary {
     let op = r.op ?? `(${r.phase})`;
     const outcome = outcomeOf(r);
     const who = `${persona}\0${outcome}`;
-    let known = this.ops.get(who);
-    if (!known) this.ops.set(who, (known = new Set()));
+    const known = this.ops.get(who) ?? new Set<string>();
+    if (known.size === 0) this.ops.set(who, known);
     if (!known.has(op)) {
       if (known.size >= MAX_OPS) op = otherOps;
       else known.add(op);
