@@ -83,6 +83,85 @@ describe("a flood in the evidence", () => {
     }
   });
 
+  it("audit timeline --summary counts a persona's rows past 128 scopes of one op and outcome, or past 256 ops of one outcome, in one group, so refusals at topics and op names of its choosing neither fill the investigator's memory nor bury the act", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-summary-scopes-"));
+    const floods = 200;
+    try {
+      // Every refusal on the record (the default rates aggregate past 100 a second, over time the same).
+      const k = new Kernel({
+        home,
+        logLevel: "silent",
+        sandbox: "none",
+        auditRefusalRate: 10_000,
+        auditRefusalPersonaRate: 10_000,
+      });
+      await k.start();
+      const clients: KernelClient[] = [];
+      try {
+        const admin = await connectAdmin(home);
+        clients.push(admin);
+        const eve = generateIdentity("eve");
+        await admin.personas.register("eve", eve.publicKey);
+        await admin.storage.write("obj://bobws/secret", new TextEncoder().encode("payroll"));
+        const t = await admin.tokens.mint("eve", {
+          rights: [{ ops: ["storage.read"], targets: ["obj://bobws/**"] }],
+          ttlMs: 600_000,
+        });
+        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [t.token], reconnect: false });
+        clients.push(asEve);
+        // A topic's name is hers to choose, up to the target's 2 KiB: each refusal a scope of its own.
+        const flood: Promise<unknown>[] = [];
+        for (let i = 0; i < floods; i++)
+          flood.push(asEve.call("event.emit", `topic://${String(i).padStart(1900, "x")}`, { data: 1 }).catch((e) => e));
+        // An unknown op is refused SEMANTIC and recorded by the name it was sent with, hers too.
+        for (let i = 0; i < 300; i++) flood.push(asEve.call(`zz${"q".repeat(90)}.a${i}`, "kernel://").catch((e) => e));
+        await Promise.all(flood);
+        await asEve.storage.read("obj://bobws/secret");
+      } finally {
+        for (const c of clients) await c.close().catch(() => {});
+        await k.stop();
+      }
+      const r = await cli.run([
+        "audit",
+        "timeline",
+        "--summary",
+        "--json",
+        "--limit",
+        "1000",
+        "--persona",
+        "eve",
+        "--home",
+        home,
+      ]);
+      assert.equal(r.code, 0, r.err);
+      const groups = json(r.out) as { op: string; outcome: string; scope: string; count: number }[];
+      const emits = groups.filter((g) => g.op === "event.emit");
+      assert.equal(emits.length, 129, "128 scopes apart, the rest in one group");
+      assert.deepEqual(
+        emits.filter((g) => g.count > 1).map((g) => [g.count, g.outcome, g.scope]),
+        [[floods - 128, "FAILURE/PERMISSION", "(scopes past the first 128: list them with --persona and --op)"]],
+      );
+      assert.equal(
+        emits.reduce((n, g) => n + g.count, 0),
+        floods,
+        "every refusal counted",
+      );
+      const unknown = groups.filter((g) => g.outcome === "FAILURE/SEMANTIC");
+      assert.equal(unknown.length, 257, "256 ops apart, the rest in one group");
+      assert.deepEqual(
+        unknown.filter((g) => g.count > 1).map((g) => [g.count, g.op, g.scope]),
+        [[300 - 256, "(ops past the first 256)", "kernel://"]],
+      );
+      // The read keeps its own group (another op): the act the summary is there to show.
+      assert.deepEqual(
+        groups.filter((g) => g.op === "storage.read").map((g) => [g.count, g.outcome, g.scope]),
+        [[1, "SUCCESS", "obj://bobws/"]],
+      );
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it("a scope is a target's first segment, or its scheme where that segment is an id", () => {
     assert.equal(scopeOf("obj://evews/noise/1"), "obj://evews/");
     assert.equal(scopeOf("obj://evews"), "obj://evews");

@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { serializeIdentity } from "@kpip/protocol";
 import { runProcess } from "@kpip/protocol/testing";
 import { peerReader } from "../src/transport/peer-process.js";
+import { python } from "./conformance/python.js";
 import { REPO_ROOT, until, withKernel } from "./harness.js";
 import { allAudit } from "./wire.js";
 
@@ -107,6 +108,82 @@ describe("the Unix socket's peer process is on the session.open record (SO_PEERC
       assert.deepEqual(p, { pid: child.pid, uid: process.getuid?.(), gid: process.getgid?.() });
       sock.destroy();
     } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a peer with thousands of threads costs the read no more than a peer with one: its start is its main thread's, not a sum over its threads", {
+    skip: (!linux && "SO_PEERCRED is Linux's") || (!python.path && "no python3 to start a many-threaded peer"),
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-peer-"));
+    const path = join(dir, "s.sock");
+    const accepted: net.Socket[] = [];
+    let wake = () => {};
+    const server = net.createServer({ pauseOnConnect: true }, (s) => {
+      accepted.push(s);
+      wake();
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    // A peer with `threads` idle threads (small stacks) connects, prints its start, and waits for stdin to close.
+    const peer = async (threads: number) => {
+      const script = [
+        "import socket, sys, threading",
+        "threading.stack_size(65536)",
+        "ev = threading.Event()",
+        `for _ in range(${threads}): threading.Thread(target=ev.wait, daemon=True).start()`,
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+        "st = open('/proc/self/stat').read(); print(st[st.rindex(')') + 2:].split(' ')[19], flush=True)",
+        "sys.stdin.read()",
+      ].join("\n");
+      const child = spawn(python.path as string, ["-c", script, path], { stdio: ["pipe", "pipe", "inherit"] });
+      let out = "";
+      child.stdout.on("data", (b: Buffer) => {
+        out += b;
+        wake();
+      });
+      const n = accepted.length;
+      await new Promise<void>((r) => {
+        wake = () => {
+          if (accepted.length > n && out.includes("\n")) r();
+        };
+      });
+      return { child, sock: accepted[n] as net.Socket, start: Number(out.trim()) };
+    };
+    const one = await peer(0);
+    const many = await peer(4000);
+    try {
+      const read = peerReader().read;
+      for (const p of [one, many]) {
+        const got = read(p.sock);
+        assert.ok(typeof got === "object", `peer unknown: ${String(got)}`);
+        assert.deepEqual(got, expected({ pid: p.child.pid as number, uid: got.uid, gid: got.gid, start: p.start }));
+      }
+      // CPU time of the reads, the cheapest of a few batches: the process's /proc/<pid>/stat sums
+      // every thread's counters as it is read (4,000 threads: ~30× one thread's cost here), so a
+      // peer's threads made each accept cost the kernel's thread that much. Its main thread's
+      // stat holds the same start at a thread's cost. A ratio of CPU time, not a wall-clock bound.
+      const cost = (sock: net.Socket) => {
+        let best = Number.POSITIVE_INFINITY;
+        for (let b = 0; b < 5; b++) {
+          const t = process.cpuUsage();
+          for (let i = 0; i < 200; i++) read(sock);
+          const d = process.cpuUsage(t);
+          best = Math.min(best, d.user + d.system);
+        }
+        return best;
+      };
+      const base = cost(one.sock);
+      const threaded = cost(many.sock);
+      assert.ok(
+        threaded < 5 * base + 2000,
+        `200 reads: ${threaded} µs of CPU for a 4,000-thread peer, ${base} µs for one thread`,
+      );
+    } finally {
+      for (const p of [one, many]) {
+        p.child.stdin?.end();
+        p.sock.destroy();
+      }
       server.close();
       rmSync(dir, { recursive: true, force: true });
     }

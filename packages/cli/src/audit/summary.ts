@@ -39,15 +39,56 @@ function outcomeOf(r: TimelineRow): string {
   return r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "-";
 }
 
+/**
+ * Scopes counted apart for one persona, op and outcome; rows at further scopes are counted in one
+ * group of their own ({@link otherScopes}). A persona chooses its targets, refused ones too
+ * (`topic://` + 2 KB of its choosing, 100 a second): one group per scope would hold every such
+ * target in the investigator's memory (~5 KB a group: an hour of them ~2 GB) and list thousands of
+ * groups of one above the act the summary is there to show.
+ */
+export const MAX_SCOPES = 128;
+
+/** The scope of the group that counts a persona's rows for one op and outcome past {@link MAX_SCOPES} scopes. */
+export const otherScopes = `(scopes past the first ${MAX_SCOPES}: list them with --persona and --op)`;
+
+/**
+ * Ops counted apart for one persona and outcome; further ops' rows are counted as {@link otherOps}.
+ * An unknown op's name is the requester's (refused SEMANTIC, on the record as sent): a group per
+ * name would be as unbounded as a group per scope. The kernel's own ops are far fewer.
+ */
+export const MAX_OPS = 256;
+
+/** The op of the groups counting a persona's rows for one outcome past {@link MAX_OPS} ops. */
+export const otherOps = `(ops past the first ${MAX_OPS})`;
+
 /** Counts rows into groups; {@link groups} then gives them rarest first. */
 export class Summary {
   private readonly map = new Map<string, SummaryGroup>();
+  /** Scopes with a group of their own, per persona, op and outcome. */
+  private readonly scopes = new Map<string, number>();
+  /** Ops with groups of their own, per persona and outcome. */
+  private readonly ops = new Map<string, Set<string>>();
   add(r: TimelineRow): void {
     const persona = r.persona;
-    const op = r.op ?? `(${r.phase})`;
+    let op = r.op ?? `(${r.phase})`;
     const outcome = outcomeOf(r);
-    const scope = scopeOf(r.target);
-    const key = `${persona}\0${op}\0${outcome}\0${scope}`;
+    const who = `${persona}\0${outcome}`;
+    const known = this.ops.get(who) ?? new Set<string>();
+    if (known.size === 0) this.ops.set(who, known);
+    if (!known.has(op)) {
+      if (known.size >= MAX_OPS) op = otherOps;
+      else known.add(op);
+    }
+    let scope = scopeOf(r.target);
+    const kind = `${persona}\0${op}\0${outcome}`;
+    let key = `${kind}\0${scope}`;
+    if (!this.map.has(key)) {
+      const n = this.scopes.get(kind) ?? 0;
+      if (n >= MAX_SCOPES) {
+        scope = otherScopes;
+        key = `${kind}\0\0other`;
+      } else this.scopes.set(kind, n + 1);
+    }
     const g = this.map.get(key);
     if (!g) {
       this.map.set(key, {
