@@ -1140,6 +1140,24 @@ describe("a host session's refusal rate", () => {
     assert.equal(await b.run(refused, () => true), "refused");
     assert.equal(a.refused + b.refused, 2);
   });
+
+  it("a wall clock stepped back is no time passed, never a debt: a host session's calls go on (not HOST_BUSY for the step's length)", async () => {
+    let now = 3_600_000;
+    const clock = () => now;
+    const total = new RefusalBucket(10, clock);
+    const host = new RefusalRate(2, total, clock);
+    const ok = () => Promise.resolve("ok");
+    assert.equal(await host.run(ok, () => false), "ok");
+    // NTP correcting a clock that ran ahead, an operator's `date -s`, a VM resumed: ten minutes back.
+    now -= 600_000;
+    assert.equal(await host.run(ok, () => false), "ok", "a host never refused is not held back");
+    // Its refusals are still counted from there: ten (its burst), then HOST_BUSY, as without a step.
+    const refused = () => Promise.resolve("refused");
+    for (let i = 0; i < 10; i++) await host.run(refused, () => true);
+    assert.equal((await mcpError(host.run(refused, () => true))).code, HOST_BUSY);
+    now += 5_000;
+    assert.equal(await host.run(refused, () => true), "refused", "its rate refills as the clock goes on");
+  });
 });
 
 describe("a host session's budget", () => {
