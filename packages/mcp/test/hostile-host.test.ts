@@ -184,6 +184,35 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("an initialize is held to the operator's smaller body bound too (--max-args-bytes under 16 KiB), not raised to 64 KiB", async () => {
+    // 1 KiB of arguments: bodies of at most 4 KiB (4 × maxArgsBytes), an initialize's as every other's.
+    const small = await gatewayOn(k, files, { maxArgsBytes: 1024 });
+    const http = await serveHttp(small.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const headers = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+      const init = (pad: string) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "initialize",
+          params: {
+            protocolVersion: "2025-06-18",
+            capabilities: { experimental: { pad: { pad } } },
+            clientInfo: { name: "bloat", version: "1" },
+          },
+        });
+      const r = await fetch(http.url, { method: "POST", headers, body: init("y".repeat(32_000)) });
+      assert.equal(r.status, 413, await r.text());
+      assert.equal(http.sessions(), 0, "none kept");
+      const ok = await fetch(http.url, { method: "POST", headers, body: init("y") });
+      assert.equal(ok.status, 200, `a small initialize is served: ${await ok.text()}`);
+      assert.equal(http.sessions(), 1);
+    } finally {
+      await http.close();
+      await small.close();
+    }
+  });
+
   it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
     try {
