@@ -241,7 +241,9 @@ export class RefusalBucket {
 
   private refill(): void {
     const now = this.clock();
-    this.tokens = Math.min(5 * this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
+    // A wall clock stepped back (NTP, `date -s`) is no time passed, not a debt: ten minutes back
+    // held every host session's calls HOST_BUSY for ten minutes (the kernel's buckets: case 664).
+    this.tokens = Math.min(5 * this.rate, this.tokens + (Math.max(0, now - this.at) / 1000) * this.rate);
     this.at = now;
   }
 

@@ -281,8 +281,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       return t.handleRequest(req, res, body);
     }
     if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
-    // Refused by its size before it is parsed (413, as any body over its bound).
-    const read = await readJson(req, MAX_INITIALIZE_BYTES, bodies, bodyTimeoutMs);
+    // Refused by its size before it is parsed (413, as any body over its bound): the smaller of
+    // the two, never more than the operator's body bound (a small --max-args-bytes).
+    const read = await readJson(req, Math.min(maxBody, MAX_INITIALIZE_BYTES), bodies, bodyTimeoutMs);
     if (!read.ok) return refuseBody(res, read);
     const body = read.json;
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");

@@ -184,6 +184,35 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("an initialize is held to the operator's smaller body bound too (--max-args-bytes under 16 KiB), not raised to 64 KiB", async () => {
+    // 1 KiB of arguments: bodies of at most 4 KiB (4 × maxArgsBytes), an initialize's as every other's.
+    const small = await gatewayOn(k, files, { maxArgsBytes: 1024 });
+    const http = await serveHttp(small.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const headers = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+      const init = (pad: string) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "initialize",
+          params: {
+            protocolVersion: "2025-06-18",
+            capabilities: { experimental: { pad: { pad } } },
+            clientInfo: { name: "bloat", version: "1" },
+          },
+        });
+      const r = await fetch(http.url, { method: "POST", headers, body: init("y".repeat(32_000)) });
+      assert.equal(r.status, 413, await r.text());
+      assert.equal(http.sessions(), 0, "none kept");
+      const ok = await fetch(http.url, { method: "POST", headers, body: init("y") });
+      assert.equal(ok.status, 200, `a small initialize is served: ${await ok.text()}`);
+      assert.equal(http.sessions(), 1);
+    } finally {
+      await http.close();
+      await small.close();
+    }
+  });
+
   it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
     try {
@@ -1139,6 +1168,24 @@ describe("a host session's refusal rate", () => {
     now += 5_000;
     assert.equal(await b.run(refused, () => true), "refused");
     assert.equal(a.refused + b.refused, 2);
+  });
+
+  it("a wall clock stepped back is no time passed, never a debt: a host session's calls go on (not HOST_BUSY for the step's length)", async () => {
+    let now = 3_600_000;
+    const clock = () => now;
+    const total = new RefusalBucket(10, clock);
+    const host = new RefusalRate(2, total, clock);
+    const ok = () => Promise.resolve("ok");
+    assert.equal(await host.run(ok, () => false), "ok");
+    // NTP correcting a clock that ran ahead, an operator's `date -s`, a VM resumed: ten minutes back.
+    now -= 600_000;
+    assert.equal(await host.run(ok, () => false), "ok", "a host never refused is not held back");
+    // Its refusals are still counted from there: ten (its burst), then HOST_BUSY, as without a step.
+    const refused = () => Promise.resolve("refused");
+    for (let i = 0; i < 10; i++) await host.run(refused, () => true);
+    assert.equal((await mcpError(host.run(refused, () => true))).code, HOST_BUSY);
+    now += 5_000;
+    assert.equal(await host.run(refused, () => true), "refused", "its rate refills as the clock goes on");
   });
 });
 
