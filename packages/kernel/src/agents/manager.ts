@@ -617,7 +617,17 @@ export class AgentManager {
     const live: Live = {
       child,
       launch,
-      slot: this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") }),
+      // The expulsion's kill (its spawner removed, or registered again since): its authority ends
+      // with it, as every kill's does, unless a kill already under way decided that (a removed
+      // persona's own kill: its key is gone). Left to its end, its token held until its process closed.
+      slot: this.opts.processes.add({
+        kind: "agent",
+        id,
+        persona: r.spawner,
+        kill: () => {
+          if (this.live.get(id)?.killedBy === undefined && this.killLive(id, "persona removed")) this.endAuthority(id);
+        },
+      }),
       persona,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
