@@ -54,7 +54,7 @@ export interface AgentOptions {
    * Puts an act of the kernel on the audit record (agent lifecycle, identities, revocations);
    * returns its seq, and tells `written` its seq again if it is written late (a full disk).
    */
-  record(act: KernelAct, written?: (seq: number) => void): number;
+  record(act: KernelAct, written?: (seq: number) => void, lost?: () => void): number;
   /**
    * After the kernel revoked an agent's token (its end, a failed start, a lost agent): the
    * revocation fan-out, so what the agent started under it (commands, tasks, agents, uploads,
@@ -110,6 +110,12 @@ interface Live {
   revokedToken?: string;
   /** Its authority ended at its kill, before its process closed ({@link endAuthority}): its end revokes only what came since. */
   authorityEnded?: boolean;
+  /**
+   * The kill's token.revoked record: `lost` once it is known never to be written (dropped on a
+   * full disk), so its end records the revocation instead; `skipped` once its end left it to
+   * that record (a record lost after the end is made again then).
+   */
+  killRecord?: { lost: boolean; skipped: boolean };
 }
 
 /**
@@ -394,7 +400,14 @@ export class AgentManager {
   }
 
   /** A revocation {@link revokeAgent} made: on the record, and its fan-out. */
-  private revoked({ own, rest, forId }: AgentRevocation, tokenId: string, persona: string, reason: string): void {
+  private revoked(
+    { own, rest, forId }: AgentRevocation,
+    tokenId: string,
+    persona: string,
+    reason: string,
+    /** Told if its record is never written (see KernelRecords.record). */
+    lost?: () => void,
+  ): void {
     const noted = (seq: number) => {
       if (own.changed) this.tokens.noteRevokeRecord(tokenId, seq);
       for (const id of rest?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
@@ -410,6 +423,7 @@ export class AgentManager {
         detail: { revoked: tokenId, ended, reason, ...(forId.length > 0 ? { mintedFor: forId } : {}) },
       },
       noted,
+      lost,
     );
     this.opts.onRevoked?.();
   }
@@ -617,7 +631,17 @@ export class AgentManager {
     const live: Live = {
       child,
       launch,
-      slot: this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") }),
+      // The expulsion's kill (its spawner removed, or registered again since): its authority ends
+      // with it, as every kill's does, unless a kill already under way decided that (a removed
+      // persona's own kill: its key is gone). Left to its end, its token held until its process closed.
+      slot: this.opts.processes.add({
+        kind: "agent",
+        id,
+        persona: r.spawner,
+        kill: () => {
+          if (this.live.get(id)?.killedBy === undefined && this.killLive(id, "persona removed")) this.endAuthority(id);
+        },
+      }),
       persona,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
@@ -723,8 +747,12 @@ export class AgentManager {
       );
     });
     step("cannot revoke an ended agent's token", () => {
-      // Revoked at its kill already: a record only for what was minted for its id since.
-      if (revocation && live.authorityEnded && !revocation.own.changed && !revocation.rest?.changed) return;
+      // Revoked at its kill already, on the record or on its way there: a record only for what
+      // was minted for its id since. A kill record dropped (a full disk) leaves it to this one.
+      if (revocation && live.authorityEnded && !live.killRecord?.lost && !revocation.own.changed && !revocation.rest?.changed) {
+        if (live.killRecord) live.killRecord.skipped = true;
+        return;
+      }
       if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
       else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
     });
@@ -854,7 +882,20 @@ export class AgentManager {
     // Each step on its own, as at its end: this runs from the lifetime's timer too, where a throw
     // (a store refusing the revocation's row) would end the kernel; one its end revokes again.
     try {
-      this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed (${by})`);
+      const revocation = this.revokeAgent(live.token.id, live.persona);
+      const reason = `${agentUri(id)} killed (${by})`;
+      const note = { lost: false, skipped: false };
+      live.killRecord = note;
+      this.revoked(revocation, live.token.id, live.persona, reason, () => {
+        note.lost = true;
+        // Its end left the revocation to this record: made again, once (never none on the record).
+        if (!note.skipped) return;
+        try {
+          this.revoked(revocation, live.token.id, live.persona, reason);
+        } catch (e) {
+          this.log.error({ err: e, agent: id }, "cannot record a killed agent's revocation again");
+        }
+      });
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot revoke a killed agent's token: revoked at its end");
     }

@@ -35,8 +35,9 @@ export class KernelRecords {
   /**
    * `written`: told the record's sequence number once it is committed (a failed batch's numbers
    * are given again to later records, so the number this returns is only where it goes if it commits).
+   * `lost`: told if the record is never written (dropped: no room to keep it, or another failure).
    */
-  record(a: KernelAct, written?: (seq: number) => void): number {
+  record(a: KernelAct, written?: (seq: number) => void, lost?: () => void): number {
     const row = this.audit.rowOf({
       session: a.session ?? "kernel",
       persona: a.persona ?? "-",
@@ -49,11 +50,11 @@ export class KernelRecords {
     });
     row.time = Date.now();
     // Older acts still wait for room: this one goes behind them, so the record keeps their order.
-    if (this.space?.queueBehindLate(row, written)) return this.audit.headSeq;
+    if (this.space?.queueBehindLate(row, written, lost)) return this.audit.headSeq;
     void this.audit.appendRow(row).then(
       () => written?.(row.seq),
       (e: unknown) => {
-        this.space?.lateAct(row, e, written);
+        if (!this.space?.lateAct(row, e, written, lost) && lost) queueMicrotask(lost);
       },
     );
     return this.audit.headSeq;

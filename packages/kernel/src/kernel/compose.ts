@@ -480,7 +480,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),
-        record: (act, written) => records.record(act, written),
+        record: (act, written, lost) => records.record(act, written, lost),
         storageFull: (e) => home.space.failed(e),
         // What the agent started under its token ends with it (revocation.ts).
         onRevoked: () => revoked(),

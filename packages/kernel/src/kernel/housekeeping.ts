@@ -54,7 +54,8 @@ export function startHousekeeping(
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
   const timer = setInterval(() => {
     const now = Date.now();
-    s.sessions.tick(now);
+    // On the monotonic clock: a wall clock stepped back would put handshake timeouts and dead-peer checks that much late.
+    s.sessions.tick(performance.now());
     // Subscriptions and watches whose capability expired end now (a slice a turn), not only at their next event.
     events.sweepLapsed();
     // What runs under a token whose root key was retired since ends, as for a revocation (a

@@ -199,7 +199,7 @@ export class SessionRegistry implements SessionCounts {
     return [...this.sessions];
   }
 
-  /** Heartbeats, dead peers and handshake timeouts of every session. */
+  /** Heartbeats, dead peers and handshake timeouts of every session; `now` is performance.now() (monotonic). */
   tick(now: number): void {
     this.sweep.run(this.sessions, (s) => s.tick(now));
   }

@@ -29,6 +29,8 @@ export function lateActMessage(message: string | null, at: number): string {
 interface LateRecord {
   row: AuditRow;
   written?: (seq: number) => void;
+  /** Told once it is dropped (never written): what relied on it being on the record may record it otherwise. */
+  lost?: () => void;
   /** The persona tree it is counted to ("-": the kernel as a whole). */
   tree?: string;
   /** Pushed out by another tree's record (its tree held the most): not written. */
@@ -213,10 +215,10 @@ export class StorageSpace {
    * The kernel's own act `row` (phase "kernel") could not be committed (`e`): kept for later when
    * for lack of room (true; `written` is told the sequence number it gets then), else the caller's.
    */
-  lateAct(row: AuditRow, e: unknown, written?: (seq: number) => void): boolean {
+  lateAct(row: AuditRow, e: unknown, written?: (seq: number) => void, lost?: () => void): boolean {
     if (!isStorageFull(e)) return false;
     row.message = lateActMessage(row.message, row.time);
-    this.keep(written ? { row, written } : { row });
+    this.keep({ row, ...(written ? { written } : {}), ...(lost ? { lost } : {}) });
     return true;
   }
 
@@ -226,10 +228,10 @@ export class StorageSpace {
    * happened in; else (false) the caller appends it. Effects' outcomes never wait here: a request's
    * records are the request's.
    */
-  queueBehindLate(row: AuditRow, written?: (seq: number) => void): boolean {
+  queueBehindLate(row: AuditRow, written?: (seq: number) => void, lost?: () => void): boolean {
     if (this.lateActs === 0) return false;
     row.message = lateActMessage(row.message, row.time);
-    this.keep(written ? { row, written } : { row });
+    this.keep({ row, ...(written ? { written } : {}), ...(lost ? { lost } : {}) });
     return true;
   }
 
@@ -316,6 +318,8 @@ export class StorageSpace {
   /** Counts `r` dropped, for the log, the stop and the next `kernel.unrecorded` record. */
   private dropped(r: LateRecord): void {
     this.lateDropped++;
+    // After this turn: what it tells may record again, never from inside the keeping.
+    if (r.lost) queueMicrotask(r.lost);
     const outcome = r.row.phase === "outcome";
     if (outcome) this.lateOutcomesDropped++;
     this.unrecorded ??= { count: 0, outcomes: 0, byPersona: {}, otherPersonas: 0, since: this.now() };

@@ -44,8 +44,20 @@ function tokenArg(ctx: OpContext): Token {
  * Call after {@link tokenArg}, which checked that it is bytes and decodes.
  */
 function verifyArg(ctx: OpContext, enforcer: CapEnforcer): Verified {
-  return enforcer.verify(ctx.args.token as Uint8Array, ctx.persona, true);
+  let v = verifiedArgs.get(ctx);
+  if (v === undefined) {
+    v = enforcer.verify(ctx.args.token as Uint8Array, ctx.persona, true);
+    verifiedArgs.set(ctx, v);
+  }
+  return v;
 }
+
+/**
+ * Each request's verification of its token argument, made once whatever asks (an op's ownership
+ * rule, then its handler): a token that does not verify is never cached, so each verification of
+ * it was charged again to the persona tree's budget of new token bytes.
+ */
+const verifiedArgs = new WeakMap<OpContext, Verified>();
 
 function targetId(ctx: OpContext): string {
   const id = ctx.target.segments.join("/");
@@ -195,6 +207,9 @@ export function tokenFamily(
           const t = tokenArg(ctx);
           checkTarget(ctx, t);
           const v = verifyArg(ctx, enforcer);
+          // Not verified at all (past the tree's budget of new token bytes): no telling whose it is,
+          // and "another persona's" would be a wrong answer; the budget's refusal is the answer.
+          if (!v.ok && v.code === "TOO_MANY_NEW_TOKENS") throw new OpError("CAPABILITY", v.message);
           // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
           // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
           const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);

@@ -67,7 +67,13 @@ export class Session implements SessionView, EventSink {
   readonly handles = new HandleTable();
   /** This session's lifecycle records (open, close, fatal errors, answers withheld). */
   private readonly records: SessionRecords;
-  private lastSeen = Date.now();
+  /**
+   * When the session began and when its peer last sent anything, on the monotonic clock
+   * (performance.now), as {@link tick} judges them: on the host's wall clock, a step back of D
+   * (NTP, `date -s`, a VM resumed) put the handshake timeout and the dead-peer check D late.
+   */
+  private readonly openedAt = performance.now();
+  private lastSeen = this.openedAt;
   private pingSeq = 0;
   /** The last tick found the peer silent past its limit (see tick). */
   private silentAtLastTick = false;
@@ -101,7 +107,7 @@ export class Session implements SessionView, EventSink {
     this.peerKey = peerKey(addressOf(conn));
     this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
-    this.control = new ControlRate(host.limits.controlFrameRate ?? CONTROL_FRAME_RATE, this.createdAt);
+    this.control = new ControlRate(host.limits.controlFrameRate ?? CONTROL_FRAME_RATE, this.openedAt);
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
     // A body holds no more items than its message type needs: decoding costs per item.
     this.reader.decodeLimits = peerDecodeLimits;
@@ -197,7 +203,7 @@ export class Session implements SessionView, EventSink {
 
   private receive(chunk: Uint8Array): void {
     if (this.state === "closed") return;
-    this.lastSeen = Date.now();
+    this.lastSeen = performance.now();
     let frames = 0;
     // Frames the kernel pays for (not control frames): only they start the read count again.
     let paid = 0;
@@ -514,10 +520,10 @@ export class Session implements SessionView, EventSink {
     this.closed("goodbye");
   }
 
-  /** Periodic check from the kernel: handshake timeout, dead peer, heartbeat. */
+  /** Periodic check from the kernel: handshake timeout, dead peer, heartbeat. `now`: performance.now(). */
   tick(now: number): void {
     const lim = this.host.limits;
-    if ((this.state === "hello" || this.state === "attest") && now - this.createdAt > lim.handshakeTimeoutMs) {
+    if ((this.state === "hello" || this.state === "attest") && now - this.openedAt > lim.handshakeTimeoutMs) {
       this.fail("PROTOCOL", "HANDSHAKE_TIMEOUT", "handshake not completed in time", this.hello?.body.persona);
       return;
     }

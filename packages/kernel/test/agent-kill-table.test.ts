@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { generateIdentity } from "@kpip/protocol";
+import { HOME_FILES, removePersonaTree, SqliteStore } from "../src/index.js";
+import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+
+// The process table's kill (the expulsion's: processes a removed persona started) killed an agent
+// without ending its authority: its token held until its process closed (a sandbox's teardown, a
+// process in uninterruptible sleep), as agent.kill's once did (case 642). Every other kill path
+// ends it at once.
+
+describe("an agent killed through the process table", () => {
+  it("its spawner removed and registered again beside the kernel, its own id too: the kill revokes its token at once, before its process has closed", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const kill = process.kill;
+    // A process slow to die: the SIGKILLs are held until the test lets them through.
+    const held: (() => void)[] = [];
+    const release = () => {
+      process.kill = kill;
+      for (const h of held.splice(0)) h();
+    };
+    try {
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+        { ops: ["system.health"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("sh", "k1", {
+        args: ["-c", "sleep 600"],
+        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+        lifetimeMs: 600_000,
+      });
+      const agentPersona = a.persona as string;
+      const spawnedAt = Date.now();
+      await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+      // The kernel takes offline changes in at its tick: none comes until the test asks.
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      // As `kpip persona remove gil` revoking nothing, then other holders registering gil and the agent's id.
+      const db = new SqliteStore(join(t.home, HOME_FILES.database));
+      try {
+        db.withJournal({ actor: "test", op: "persona.remove", target: "persona://gil", message: "removed" }, () =>
+          removePersonaTree(db, "gil", () => {}),
+        );
+        db.withJournal({ actor: "test", op: "persona.register", target: "persona://gil", message: "again" }, () => {
+          db.addPersona("gil", generateIdentity("gil").publicKey);
+          db.addPersona(agentPersona, generateIdentity(agentPersona).publicKey);
+        });
+      } finally {
+        db.close();
+      }
+      process.kill = ((pid: number, sig?: string | number) => {
+        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
+        held.push(() => {
+          try {
+            kill.call(process, pid, sig);
+          } catch {
+            // already gone
+          }
+        });
+        return true;
+      }) as typeof process.kill;
+      (t.k as unknown as { services: { applyOfflineChanges(): void } }).services.applyOfflineChanges();
+      assert.ok(held.length > 0, "the agent was killed (its SIGKILL is held: its process has not closed)");
+      const revoked = () =>
+        t.k.inspect.queryAudit({ op: "token.revoked", limit: 100 }).filter((r) => r.target === `token://${a.token}`);
+      await until(() => revoked().length > 0, 30_000, "the agent's token revoked at its kill");
+      assert.equal(exitedRows().length, 0, "its process has not closed yet");
+      release();
+      await until(() => exitedRows().length > 0, 30_000, "agent.exited");
+      assert.equal(revoked().length, 1, "its token's revocation is on the record once, at its kill");
+
+      function exitedRows() {
+        return t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).filter((r) => r.target === a.agent);
+      }
+    } finally {
+      release();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
