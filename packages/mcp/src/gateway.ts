@@ -84,6 +84,11 @@ export interface GatewayOptions {
    * it resources/subscribe gets HOST_BUSY before the kernel is asked.
    */
   maxSubscriptionsPerHost?: number;
+  /**
+   * The clock refusal rates are measured on, in ms (default `Date.now`): a test steps its own, so
+   * what it asserts of a rate does not depend on how fast the machine runs.
+   */
+  clock?: () => number;
 }
 
 interface ToolEntry {
@@ -195,6 +200,7 @@ export class McpGateway {
   /** Kernel refusals drawn by host sessions refused lately, all together. */
   private readonly refusals: RefusalBucket;
   private readonly refusalRates = new WeakMap<Server, RefusalRate>();
+  private readonly clock: () => number;
   /** Host sessions created so far: each has its own tag in the execution label (`mcp[s<n>]:`). */
   private sessionTags = 0;
 
@@ -215,7 +221,8 @@ export class McpGateway {
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
     this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
-    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
+    this.clock = opts.clock ?? Date.now;
+    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS), this.clock);
     this.watches = new ResourceWatches(
       client,
       (s) => this.outlets.get(s),
@@ -339,7 +346,7 @@ export class McpGateway {
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
-    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals);
+    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals, this.clock);
     this.refusalRates.set(server, rate);
     /** A call that reaches the kernel: within the host's refusal rate as well. */
     const ask = <T>(id: string | number, call: () => Promise<T>, isRefusal: (answer: T) => boolean = () => false) =>
