@@ -31,6 +31,7 @@ import {
   RefusalBucket,
   RefusalRate,
 } from "./host-budget.js";
+import { type CallStreams, CoalescedProgress } from "./progress.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, inputRefusal, localFailure } from "./results.js";
 import {
@@ -188,6 +189,8 @@ export class McpGateway {
   private readonly budgets = new WeakMap<Server, HostBudget>();
   private readonly inputEnds = new WeakMap<Server, AbortController>();
   private readonly outlets = new WeakMap<Server, NoticeOutlet>();
+  /** The streams carrying each host session's calls, when its transport can back up (HTTP). */
+  private readonly callStreams = new WeakMap<Server, CallStreams>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
@@ -315,6 +318,11 @@ export class McpGateway {
     this.outlets.set(server, outlet);
   }
 
+  /** The streams that carry the calls of `server`'s host session, when its transport can back up (HTTP's POSTs). */
+  setCallStreams(server: Server, streams: CallStreams): void {
+    this.callStreams.set(server, streams);
+  }
+
   /**
    * The host of `server` closed its input (stdio): the calls it sent are still answered, but
    * the ops still running for it are cancelled (op.cancel), not followed to their end.
@@ -373,15 +381,23 @@ export class McpGateway {
       return prefix + clip(String(requestId), MAX_ID_BYTES);
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
+      const progress = new CoalescedProgress(
+        (n) => extra.sendNotification(n),
+        () => this.callStreams.get(server)?.(extra.requestId),
+      );
       const ctx: ToolCallContext = {
         execution: execution(extra.requestId),
         signal: extra.signal,
         inputEnded: inputEnded.signal,
         progressToken: extra._meta?.progressToken,
-        notify: (n) => extra.sendNotification(n),
+        notify: (n) => progress.notify(n),
         refused: () => rate.note(),
       };
-      return ask(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx), refusedCall);
+      return ask(
+        extra.requestId,
+        () => this.callTool(req.params.name, req.params.arguments, ctx).finally(() => progress.end()),
+        refusedCall,
+      );
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
       ask(extra.requestId, () =>

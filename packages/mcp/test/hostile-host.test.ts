@@ -801,6 +801,66 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("keeps only the newest progress notice of a call unread for a host that does not read its POST stream", async () => {
+    // Past what the sockets hold (~4 MB here): the stream backs up in the gateway behind it.
+    const SIZE = 8 * 1024 * 1024;
+    await gw.client.storage.putLarge("obj://ws1/big8", [randomBytes(SIZE)], { size: SIZE });
+    // Polled often: ticks of the op's progress come from the polls.
+    const g = await gatewayOn(k, files, { pollMaxMs: 50 });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    let sock: Socket | undefined;
+    try {
+      const h = await rawSession(http);
+      const polls = async () => {
+        await new Promise((r) => setTimeout(r, 200)); // not a record read every 20 ms
+        return (await k.audit("hank")).filter((r) => r.op === "op.status").length;
+      };
+      const before = await polls();
+      const batch = [
+        { jsonrpc: "2.0", id: 1, method: "resources/read", params: { uri: "obj://ws1/big8" } },
+        {
+          jsonrpc: "2.0",
+          id: 2,
+          method: "tools/call",
+          params: {
+            name: "compute_submit",
+            arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } },
+            _meta: { progressToken: "p" },
+          },
+        },
+      ];
+      sock = rawPost(http, h.sid, JSON.stringify(batch), false);
+      // 60 polls at most 250 ms apart (the timer never fires early): over 14 s of the op
+      // running, a progress notice at least every 1.25 s.
+      await until(async () => (await polls()) - before >= 60, 120_000, "the op followed for a while");
+      // The op is cancelled (by the same persona, not the host): the call is answered into the
+      // stream the host never read.
+      const op = (await k.audit("hank")).find((r) => r.op === "op.status")?.target ?? "";
+      assert.equal(await gw.client.ops.cancel(op), true);
+      await until(() => g.gateway.hostLoads()[0]?.calls === 0, 60_000, "the call answered");
+      // It reads now: behind the large answer, no more than the newest notice was kept.
+      const chunks: Buffer[] = [];
+      let tail = "";
+      sock.on("data", (d: Buffer) => {
+        chunks.push(d);
+        tail = (tail + d.toString("latin1")).slice(-8192);
+      });
+      sock.resume();
+      await until(() => tail.includes('"id":2'), 60_000, "the call's answer read");
+      const text = Buffer.concat(chunks).toString("latin1");
+      const large = text.indexOf('"id":1}');
+      assert.ok(large > SIZE, "the large answer came first");
+      const behind = text.slice(large).split('"notifications/progress"').length - 1;
+      assert.ok(behind <= 1, `${behind} progress notices were queued behind the large answer`);
+      assert.match(text.slice(large), /"id":2/);
+      await h.end();
+    } finally {
+      sock?.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("a second POST naming a call still in use is refused, and closing it neither releases that call's unread answer nor cancels it", async () => {
     const SIZE = 4 * 1024 * 1024;
     await gw.client.storage.putLarge("obj://ws1/dup", [randomBytes(SIZE)], { size: SIZE });
