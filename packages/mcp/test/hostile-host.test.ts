@@ -14,6 +14,7 @@ import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
 import { McpGateway } from "../src/gateway.js";
 import { HOST_BUSY, HostBudget, RefusalBucket, RefusalRate } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
+import { CoalescedProgress } from "../src/progress.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
 import { RecordingClient } from "./recording-client.js";
 
@@ -1199,6 +1200,45 @@ describe("a host session's refusal rate", () => {
     now += 5_000;
     assert.equal(await b.run(refused, () => true), "refused");
     assert.equal(a.refused + b.refused, 2);
+  });
+});
+
+describe("a call's progress notices", () => {
+  it("while its stream is blocked only the newest waits, sent when the host reads again; none once the call has answered", async () => {
+    const sent: unknown[] = [];
+    let blocked = true;
+    let wake = () => {};
+    const outlet = {
+      blocked: () => blocked,
+      ready: () =>
+        new Promise<void>((r) => {
+          wake = r;
+        }),
+    };
+    const p = new CoalescedProgress(
+      async (n) => {
+        sent.push(n.params);
+      },
+      () => outlet,
+    );
+    const notice = (progress: number) =>
+      ({ method: "notifications/progress", params: { progressToken: "t", progress } }) as const;
+    for (let i = 1; i <= 5; i++) await p.notify(notice(i));
+    assert.deepEqual(sent, []);
+    blocked = false;
+    wake();
+    await until(() => sent.length === 1, 10_000, "the newest sent");
+    assert.deepEqual(sent, [{ progressToken: "t", progress: 5 }]);
+    await p.notify(notice(6));
+    assert.equal(sent.length, 2);
+    blocked = true;
+    await p.notify(notice(7));
+    p.end();
+    blocked = false;
+    wake();
+    await p.notify(notice(8));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(sent.length, 2, "nothing after the call answered");
   });
 });
 
