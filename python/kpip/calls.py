@@ -68,6 +68,8 @@ class Held:
     token: Token
     handle: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Refreshes in a row that gave a token already due for refresh (see TokenRefresher).
+    futile: int = 0
 
 
 class CallTable:

@@ -14,18 +14,33 @@ if TYPE_CHECKING:
     from .client import Client
 
 
+# A refresh that gives a token already due for refresh (at or past its expiry: a broken or
+# hostile kernel) is tried again after 1 s, then 2 s, and reported after the third in a row:
+# without a floor the refresher would ask again at once, without end.
+FUTILE_DELAY = 1.0
+MAX_FUTILE = 3
+
+
 class TokenRefresher:
     def __init__(self, client: Client, margin: float):
         self.client = client
         self.margin = margin
 
-    def schedule(self, h: Held) -> None:
-        """Refreshes `h` `margin` seconds (at most half its lifetime) before it expires."""
+    def _due_in(self, h: Held) -> float | None:
+        """Seconds until `h` is due for refresh (0 when it is already), None when it cannot be extended."""
         g = inspect(h.token)
         if g.exp >= g.max_exp:
-            return  # cannot be extended
+            return None
         margin = min(self.margin * 1000, (g.exp - g.nbf) / 2)
-        delay = max(0.0, (g.exp - margin) / 1000 - time.time())
+        return max(0.0, (g.exp - margin) / 1000 - time.time())
+
+    def schedule(self, h: Held) -> None:
+        """Refreshes `h` `margin` seconds (at most half its lifetime) before it expires."""
+        delay = self._due_in(h)
+        if delay is None:
+            return  # cannot be extended
+        if h.futile > 0:
+            delay = max(delay, FUTILE_DELAY * 2 ** (h.futile - 1))
         if h.task is not None:
             h.task.cancel()
         h.task = self.client.spawn(self._refresh_later(h, delay))
@@ -39,6 +54,14 @@ class TokenRefresher:
             t = decode_token(fresh)
             b = await c.call("token.bind", f"token://{t.id}", {"token": fresh}, caps=[fresh])
             h.raw, h.token, h.handle, h.task = fresh, t, b.field("token.bind", "handle", "handle"), None
+            h.futile = h.futile + 1 if self._due_in(h) == 0 else 0
+            if h.futile >= MAX_FUTILE:
+                h.futile = 0
+                c.refresh_error = TokenRefreshFailed(
+                    f"could not refresh token {h.token.id}: token.refresh gave a token already due for refresh "
+                    f"(at or past its expiry) {MAX_FUTILE} times in a row"
+                )
+                return
             self.schedule(h)
         except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation) as e:
             c.refresh_error = TokenRefreshFailed(f"could not refresh token {h.token.id}: {e}")

@@ -149,6 +149,55 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await c.call("system.health", "kernel://")).payload, {"caps": [1]})
             await c.close()
 
+    async def test_a_kernel_refreshing_tokens_into_ones_already_expiring_gets_a_few_tries_then_a_typed_error(self) -> None:
+        # token.refresh answered with a token at its expiry (due for refresh at once): the refresher
+        # asked again with no delay, for ever (a hostile or broken kernel kept the client busy).
+        root = os.urandom(32)
+        made = [0]
+
+        def token(exp_in: int) -> bytes:
+            now = int(time.time() * 1000)
+            made[0] += 1
+            claims = cbor.encode(
+                {
+                    "id": f"{made[0]:032x}",
+                    "kid": "k",
+                    "sub": "alice",
+                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                    "limits": {},
+                    "nbf": now - 1000,
+                    "exp": now + exp_in,
+                    "maxExp": now + 3_600_000,
+                    "chain": [],
+                }
+            )
+            return cbor.encode([1, claims, [], root_signature(root, claims)])
+
+        refreshes = [0]
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            op = cbor.decode(m.body["intent"])["op"]  # type: ignore[index]
+            if op == "token.refresh":
+                refreshes[0] += 1
+                c.answer(m, payload={"token": token(0)})
+            elif op == "token.bind":
+                c.answer(m, payload={"handle": 1})
+            else:
+                c.answer(m, payload={"caps": m.body["caps"]})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k, tokens=[token(100)])
+            await until(lambda: c.refresh_error is not None or refreshes[0] > 10, "the refresher to give up")
+            self.assertIsInstance(c.refresh_error, kpip.TokenRefreshFailed)
+            self.assertIn("already due for refresh", str(c.refresh_error))
+            self.assertEqual(refreshes[0], 3)
+            # Reported on the next call, once; the refresher asks no more.
+            with self.assertRaises(kpip.TokenRefreshFailed):
+                await c.call("system.health", "kernel://")
+            await c.call("system.health", "kernel://")
+            self.assertEqual(refreshes[0], 3)
+            await c.close()
+
     async def test_a_handshake_frame_larger_than_a_handshake_needs_is_too_large_at_its_header(self) -> None:
         # §8.8: before CHALLENGE a kernel's frame body is at most 16 KiB (and HELLO's maxBody), as the
         # kernel bounds its peers'; the client read it with the default 16 MiB limit (case 520).

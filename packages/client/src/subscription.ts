@@ -1,5 +1,6 @@
 import type { KEvent } from "@kpip/protocol";
 import type { CallOptions } from "./options.js";
+import { ownBytes } from "./own-bytes.js";
 
 /** Events a subscription keeps for a consumer that has not taken them, by default. */
 export const DEFAULT_BUFFER_EVENTS = 1000;
@@ -64,6 +65,8 @@ export class Subscription implements AsyncIterable<KEvent> {
       w.resolve({ value: this.withDrops(e), done: false });
       return;
     }
+    // Kept unread: its byte strings must not keep the socket reads they came in.
+    if (e.data !== undefined) e.data = ownBytes(e.data);
     this.buffer.push(e);
     this.sizes.push(size);
     this.bytes += size;

@@ -3,6 +3,7 @@ import { kernelNumber } from "./answer-fields.js";
 import { EarlyHold } from "./early-hold.js";
 import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
+import { ownBytes } from "./own-bytes.js";
 import { DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
 
 /** Where the subscription set reports a reconnect's outcome (the client's events). */
@@ -163,6 +164,7 @@ export class Subscriptions {
     // subscription being made were the ones dropped.
     while (this.early.length > 0 && (this.early.length >= EARLY_EVENTS || this.early.bytes + size > EARLY_BYTES))
       this.early.dropOldest();
+    if (e.data !== undefined) e.data = ownBytes(e.data);
     this.early.push({ e, size, conn });
   }
 

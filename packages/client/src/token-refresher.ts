@@ -10,7 +10,17 @@ interface HeldToken {
   /** Its handle on the current session (0 = not bound). */
   handle: number;
   timer?: NodeJS.Timeout;
+  /** Refreshes in a row that gave a token already due for refresh (see {@link FUTILE_DELAY_MS}). */
+  futile: number;
 }
+
+/**
+ * A refresh that gives a token already due for refresh (at or past its expiry: a broken or
+ * hostile kernel) is tried again after 1 s, then 2 s, and reported after the third in a row:
+ * without a floor the refresher would ask again at once, without end.
+ */
+const FUTILE_DELAY_MS = 1000;
+const MAX_FUTILE = 3;
 
 /** Where the refresher reports (the client's events). */
 export interface RefreshEvents {
@@ -36,7 +46,7 @@ export class TokenRefresher {
     private readonly call: CallFn,
     private readonly events: RefreshEvents,
   ) {
-    this.held = tokens.map((t) => ({ ...t, handle: 0 }));
+    this.held = tokens.map((t) => ({ ...t, handle: 0, futile: 0 }));
   }
 
   /** The tokens' wire bytes, to present at ATTEST. */
@@ -81,13 +91,20 @@ export class TokenRefresher {
     for (const h of this.held) clearTimeout(h.timer);
   }
 
+  /** Milliseconds until `h` is due for refresh (0 when it is already); undefined when it cannot be extended. */
+  private dueIn(h: HeldToken): number | undefined {
+    const g = effectiveGrant(h.token);
+    if (g.exp >= g.maxExp) return undefined;
+    const margin = Math.min(this.marginMs, (g.exp - g.nbf) / 2);
+    return Math.max(0, g.exp - margin - Date.now());
+  }
+
   private schedule(h: HeldToken): void {
     clearTimeout(h.timer);
     if (this.stopped) return;
-    const g = effectiveGrant(h.token);
-    if (g.exp >= g.maxExp) return;
-    const margin = Math.min(this.marginMs, (g.exp - g.nbf) / 2);
-    const at = Math.max(0, g.exp - margin - Date.now());
+    let at = this.dueIn(h);
+    if (at === undefined) return;
+    if (h.futile > 0) at = Math.max(at, FUTILE_DELAY_MS * 2 ** (h.futile - 1));
     h.timer = setTimeout(() => void this.refresh(h), Math.min(at, 2 ** 31 - 1));
     h.timer.unref();
   }
@@ -105,6 +122,16 @@ export class TokenRefresher {
       h.handle = kernelNumber(b.payload?.handle, "token.bind's handle");
       this.handleList = undefined;
       this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
+      h.futile = this.dueIn(h) === 0 ? h.futile + 1 : 0;
+      if (h.futile >= MAX_FUTILE) {
+        h.futile = 0;
+        const err = new TokenRefreshError(
+          `could not refresh token ${token.claims.id}: token.refresh gave a token already due for refresh (at or past its expiry) ${MAX_FUTILE} times in a row`,
+        );
+        this.failure = err;
+        this.events.failed(err);
+        return;
+      }
       this.schedule(h);
     } catch (e) {
       const err = new TokenRefreshError(`could not refresh token ${h.token.claims.id}: ${(e as Error).message}`, { cause: e });

@@ -485,6 +485,44 @@ describe("a kernel whose answers the client keeps are not what the op answers", 
   });
 });
 
+describe("a kernel that refreshes tokens into ones already expiring", () => {
+  it("gets three tries, then a TokenRefreshError: the refresher does not ask again at once, for ever", async () => {
+    const token = aliceTokens();
+    let refreshes = 0;
+    const k = await welcomingKernel((m, s, stream) => {
+      if (m.type !== "REQUEST") return;
+      const op = String((decodeCanonical(m.body.intent) as { op: string }).op);
+      if (op === "token.refresh") refreshes++;
+      // A token at its expiry: due for refresh the moment it is held.
+      const payload = op === "token.refresh" ? { token: token(2, 0) } : op === "token.bind" ? { handle: 1 } : {};
+      s.write(success(m.body.id, stream, payload as CborValue));
+    });
+    const c = await KernelClient.connect({
+      socket: k.path,
+      identity: generateIdentity("alice"),
+      tokens: [token(1, 100)],
+      refreshMarginMs: 120_000,
+      reconnect: false,
+    });
+    try {
+      let failed: Error | undefined;
+      c.once("tokenRefreshFailed", (e: Error) => {
+        failed = e;
+      });
+      await until(() => failed !== undefined || refreshes > 10, 30_000, "the refresher to give up");
+      assert.ok(failed instanceof TokenRefreshError, String(failed));
+      assert.match(failed.message, /already due for refresh/);
+      assert.equal(refreshes, 3);
+      await assert.rejects(c.call("system.health", "kernel://"), TokenRefreshError);
+      await c.call("system.health", "kernel://");
+      assert.equal(refreshes, 3, "asked no more");
+    } finally {
+      await c.close().catch(() => {});
+      k.close();
+    }
+  });
+});
+
 describe("a kernel that writes a large frame with its WELCOME", () => {
   it("a frame past the handshake's 1 MiB in the read that holds WELCOME is held to the session's maxBody: handled", async () => {
     const pongs: number[] = [];

@@ -560,7 +560,7 @@ const DECLARED = {
   },
   /** Extra read-only paths inside every sandbox, ":"-separated (an interpreter's install, a script's directory). */
   sandboxReadPaths: { type: "string", default: "", description: "extra read-only paths inside every sandbox, ':'-separated" },
-  /** Parent of the per-process scratch directories ("" = <tmpdir>/kpip-scratch-<uid>-<home hash>). */
+  /** Parent of the per-process scratch directories ("" = <tmpdir>/kpip-scratch-<uid>-<home hash>, a random suffix added when another user took that name). */
   sandboxScratch: {
     type: "string",
     default: "",

@@ -330,6 +330,40 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("a subscriber's client keeps only an unread event's own bytes, not the socket read it was decoded from", async () => {
+    // A byte string decoded from an EVENT was a view of the 64 KiB socket read it came in: an
+    // event of one byte, counted at its frame's size, kept the whole read (1,000 unread: 64 MB
+    // against a 16 MiB bufferBytes).
+    await withKernel({}, async (t) => {
+      const vic = await t.persona("vic", [{ ops: ["event.subscribe", "event.unsubscribe"], targets: ["topic://shared/**"] }]);
+      const eve = await t.persona("eve", [{ ops: ["event.emit"], targets: ["topic://shared/**"] }]);
+      const v = await t.connect(vic.identity, [vic.token]);
+      const e = await t.connect(eve.identity, [eve.token]);
+      const unread = await v.subscribe("topic://shared/**");
+      let ends = 0;
+      v.on("event", (ev: { topic: string }) => {
+        if (ev.topic === "topic://shared/end") ends++;
+      });
+      const N = 50;
+      await Promise.all(
+        Array.from({ length: N }, (_, i) =>
+          e.events.emit("topic://shared/x", { i, b: new Uint8Array([i]), n: [new Uint8Array([i])] }),
+        ),
+      );
+      await e.events.emit("topic://shared/end");
+      await until(() => ends === 1, 30_000, "the last event reached the subscriber");
+      assert.equal(unread.buffered.events, N + 1);
+      const it = unread[Symbol.asyncIterator]();
+      for (let i = 0; i < N; i++) {
+        const ev = (await it.next()).value as { data: { b: Uint8Array; n: Uint8Array[] } };
+        for (const b of [ev.data.b, ...ev.data.n]) {
+          assert.equal(b.length, 1);
+          assert.ok(b.buffer.byteLength < 1024, `a byte string of 1 byte keeps ${b.buffer.byteLength} bytes`);
+        }
+      }
+    });
+  });
+
   it("a subscriber's client that does not take its events keeps at most its buffer's bytes of them, however large the events another persona emits", async () => {
     // The reference client read every EVENT off the socket into a buffer bounded by count only
     // (1,000): another persona emitting large events on a shared topic filled a slow subscriber's

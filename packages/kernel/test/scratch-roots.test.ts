@@ -17,7 +17,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
@@ -171,7 +171,7 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
     }
   });
 
-  it("a scratch root name another local user took first (a link to a live kernel's root, a directory of theirs) is never listed, written or removed: the live kernel keeps its process's directory and its lock, the sandbox says why it is unavailable", async () => {
+  it("a scratch root name another local user took first (a link to a live kernel's root, a directory of theirs) is never listed, written or removed: the live kernel keeps its process's directory and its lock; the kernel falls back to a name no one can take first, its sandbox usable", async () => {
     // Kernel B, in a process of its own, runs an agent: its root holds the agent's directory and B's lock.
     const homeB = mkdtempSync(join(tmpdir(), "kpip-"));
     const homeA = mkdtempSync(join(tmpdir(), "kpip-"));
@@ -192,23 +192,34 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       // Another local user computes home A's root name (uid, hash of the path) and puts a link there to B's.
       symlinkSync(rootB, rootA);
       if (process.getuid?.() === 0) lchownSync(rootA, 65534, 65534);
+      // The name A falls back to: the usual one and 16 random hex digits, never the same twice.
+      const fallbacks = () => readdirSync(tmpdir()).filter((n) => n.startsWith(`${basename(rootA)}-`));
+      const used = new Set<string>();
+      const runsAside = async (a: TestKernel, what: string) => {
+        const c = await a.admin();
+        const info = (await c.system.info()).sandbox as { usable: boolean; reason?: string };
+        assert.equal(info.usable, true, `${what}: ${info.reason}`);
+        // Its process runs in a root of its own, not in what the other user made.
+        await c.ops.wait(await c.compute.command("true"));
+        const [aside, ...more] = fallbacks();
+        assert.deepEqual(more, [], what);
+        assert.match(aside ?? "", /-[0-9a-f]{12}-[0-9a-f]{16}$/, what);
+        assert.ok(!used.has(aside as string), `${what}: a name not used before`);
+        used.add(aside as string);
+        const st = lstatSync(join(tmpdir(), aside as string));
+        assert.ok(st.isDirectory() && st.uid === process.getuid?.(), what);
+        await a.stop();
+        assert.deepEqual(fallbacks(), [], `${what}: the root it fell back to is removed at its stop`);
+      };
       for (const sandbox of ["bwrap", "none"] as const) {
         const a = await startKernel({ sandbox }, homeA);
         kernels.push(a);
-        const c = await a.admin();
-        const info = (await c.system.info()).sandbox as { usable: boolean; reason?: string };
-        // Unconfined, it would run in the link's target: refused.
-        if (sandbox === "none") await assert.rejects(async () => c.ops.wait(await c.compute.command("true")));
-        await a.stop();
+        await runsAside(a, `a link there, sandbox ${sandbox}`);
         assert.deepEqual(
           readdirSync(rootB).sort(),
           liveB,
           `B's root is as it was after A (sandbox ${sandbox}) started and stopped`,
         );
-        if (sandbox === "bwrap") {
-          assert.equal(info.usable, false);
-          assert.match(info.reason ?? "", /<the scratch root> is a symbolic link/);
-        }
         assert.equal(lstatSync(rootA).isSymbolicLink(), true, "the link is left to its maker");
       }
       // A directory of theirs (only root can give one away): nothing is made in it, nothing of it removed.
@@ -218,9 +229,7 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
         chownSync(rootA, 65534, 65534);
         const a = await startKernel({}, homeA);
         kernels.push(a);
-        const info = (await (await a.admin()).system.info()).sandbox as { usable: boolean; reason?: string };
-        assert.match(info.reason ?? "", /<the scratch root> belongs to uid 65534/);
-        await a.stop();
+        await runsAside(a, "a directory of another user's there");
         assert.deepEqual(readdirSync(rootA), ["0123456789abcdef01234567"], "their directory as they left it");
       }
       b.close().catch(() => {});
@@ -231,6 +240,29 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       removeHome(homeB);
       rmSync(rootA, { recursive: true, force: true });
       rmSync(rootB, { recursive: true, force: true });
+    }
+  });
+
+  it("a kernel holds the root it named from its start to its stop, before any process runs: its name is never free for another user to take", async () => {
+    for (const [sandbox, file] of [
+      ["bwrap", ".lock"],
+      ["none", ".live"],
+    ] as const) {
+      const t = await startKernel({ sandbox });
+      const root = rootOf(t.home);
+      try {
+        // No process started: the root is there, the kernel's, with its lock file.
+        const st = lstatSync(root);
+        assert.ok(st.isDirectory() && st.uid === process.getuid?.(), `sandbox ${sandbox}`);
+        assert.ok(readdirSync(root).includes(file), `sandbox ${sandbox}: ${readdirSync(root)}`);
+        const c = await t.admin();
+        await c.ops.wait(await c.compute.command("true"));
+        assert.ok(readdirSync(root).includes(file), `sandbox ${sandbox}: held after a process ran`);
+      } finally {
+        await t.stop();
+        removeHome(t.home);
+      }
+      assert.equal(existsSync(root), false, `sandbox ${sandbox}: removed at the stop`);
     }
   });
 
@@ -245,8 +277,17 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       mkdirSync(name(2));
       mkdirSync(join(name(3), "0123456789abcdef01234567"), { recursive: true });
       utimesSync(name(3), old, old);
-      assert.equal(removeStaleRoots(parent, uid, join(parent, "own")), 1);
+      // A name a kernel fell back to (the usual one taken by another user) is swept as well.
+      const aside = `${name(4)}-${"ab".repeat(8)}`;
+      mkdirSync(aside);
+      utimesSync(aside, old, old);
+      const other = `${name(5)}-${"ab".repeat(7)}`;
+      mkdirSync(other);
+      utimesSync(other, old, old);
+      assert.equal(removeStaleRoots(parent, uid, join(parent, "own")), 2);
       assert.equal(existsSync(name(1)), false, "empty and a day old: removed");
+      assert.equal(existsSync(aside), false, "a fallback root, empty and a day old: removed");
+      assert.ok(existsSync(other), "a name of no kernel's: stays");
       assert.ok(existsSync(name(2)), "empty but just made (a kernel may be about to lock it): stays");
       assert.ok(existsSync(join(name(3), "0123456789abcdef01234567")), "not empty: stays, with what is in it");
     } finally {

@@ -31,6 +31,7 @@ import {
   RefusalBucket,
   RefusalRate,
 } from "./host-budget.js";
+import { type CallStreams, CoalescedProgress } from "./progress.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, inputRefusal, localFailure } from "./results.js";
 import {
@@ -84,6 +85,11 @@ export interface GatewayOptions {
    * it resources/subscribe gets HOST_BUSY before the kernel is asked.
    */
   maxSubscriptionsPerHost?: number;
+  /**
+   * The clock refusal rates are measured on, in ms (default `Date.now`): a test steps its own, so
+   * what it asserts of a rate does not depend on how fast the machine runs.
+   */
+  clock?: () => number;
 }
 
 interface ToolEntry {
@@ -183,6 +189,8 @@ export class McpGateway {
   private readonly budgets = new WeakMap<Server, HostBudget>();
   private readonly inputEnds = new WeakMap<Server, AbortController>();
   private readonly outlets = new WeakMap<Server, NoticeOutlet>();
+  /** The streams carrying each host session's calls, when its transport can back up (HTTP). */
+  private readonly callStreams = new WeakMap<Server, CallStreams>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
@@ -195,6 +203,7 @@ export class McpGateway {
   /** Kernel refusals drawn by host sessions refused lately, all together. */
   private readonly refusals: RefusalBucket;
   private readonly refusalRates = new WeakMap<Server, RefusalRate>();
+  private readonly clock: () => number;
   /** Host sessions created so far: each has its own tag in the execution label (`mcp[s<n>]:`). */
   private sessionTags = 0;
 
@@ -215,7 +224,8 @@ export class McpGateway {
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
     this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
-    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
+    this.clock = opts.clock ?? Date.now;
+    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS), this.clock);
     this.watches = new ResourceWatches(
       client,
       (s) => this.outlets.get(s),
@@ -308,6 +318,11 @@ export class McpGateway {
     this.outlets.set(server, outlet);
   }
 
+  /** The streams that carry the calls of `server`'s host session, when its transport can back up (HTTP's POSTs). */
+  setCallStreams(server: Server, streams: CallStreams): void {
+    this.callStreams.set(server, streams);
+  }
+
   /**
    * The host of `server` closed its input (stdio): the calls it sent are still answered, but
    * the ops still running for it are cancelled (op.cancel), not followed to their end.
@@ -339,7 +354,7 @@ export class McpGateway {
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
-    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals);
+    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals, this.clock);
     this.refusalRates.set(server, rate);
     /** A call that reaches the kernel: within the host's refusal rate as well. */
     const ask = <T>(id: string | number, call: () => Promise<T>, isRefusal: (answer: T) => boolean = () => false) =>
@@ -366,15 +381,23 @@ export class McpGateway {
       return prefix + clip(String(requestId), MAX_ID_BYTES);
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
+      const progress = new CoalescedProgress(
+        (n) => extra.sendNotification(n),
+        () => this.callStreams.get(server)?.(extra.requestId),
+      );
       const ctx: ToolCallContext = {
         execution: execution(extra.requestId),
         signal: extra.signal,
         inputEnded: inputEnded.signal,
         progressToken: extra._meta?.progressToken,
-        notify: (n) => extra.sendNotification(n),
+        notify: (n) => progress.notify(n),
         refused: () => rate.note(),
       };
-      return ask(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx), refusedCall);
+      return ask(
+        extra.requestId,
+        () => this.callTool(req.params.name, req.params.arguments, ctx).finally(() => progress.end()),
+        refusedCall,
+      );
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
       ask(extra.requestId, () =>

@@ -128,6 +128,29 @@ class GetStream implements NoticeOutlet {
   }
 }
 
+/**
+ * The POST response carrying a call, as the outlet of its progress notices: like the GET stream,
+ * the SDK queues what it is given while the host does not read.
+ */
+class PostStream implements NoticeOutlet {
+  constructor(private readonly res: ServerResponse) {}
+
+  blocked(): boolean {
+    return this.res.writableNeedDrain && !this.res.destroyed;
+  }
+
+  ready(): Promise<void> {
+    const res = this.res;
+    return new Promise((resolve) => {
+      const done = () => {
+        res.off("drain", done).off("close", done);
+        resolve();
+      };
+      res.on("drain", done).on("close", done);
+    });
+  }
+}
+
 /** Refused configuration of the HTTP gateway (a non-loopback address, a weak secret). */
 export class GatewayConfigError extends Error {
   override name = "GatewayConfigError";
@@ -328,6 +351,10 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       return send(message, options);
     };
     gateway.setNoticeOutlet(mcp, notices);
+    gateway.setCallStreams(mcp, (id) => {
+      const res = carriers.get(id);
+      return res && new PostStream(res);
+    });
     try {
       await mcp.connect(t);
       await t.handleRequest(req, res, body);

@@ -540,13 +540,17 @@ export class Sandbox {
       } catch {
         void launch.cleanup();
       }
-      // The root is made again by the first real launch: a kernel that never starts a process
-      // (or dies without stopping) leaves nothing behind.
-      this.unlockRoot();
-      try {
-        if (isOwnScratchRoot(this.config.scratchRoot)) rmdirSync(this.config.scratchRoot);
-      } catch {
-        // not empty (an operator's directory) or already gone
+      // A root the kernel named is kept, locked, to its stop (holdRoot): let go, its name (anyone
+      // can compute it) could be taken by another local user before the first real launch.
+      // Otherwise it is made again by the first real launch: a kernel that never starts a
+      // process leaves nothing behind.
+      if (!this.config.lockRoot) {
+        this.unlockRoot();
+        try {
+          if (isOwnScratchRoot(this.config.scratchRoot)) rmdirSync(this.config.scratchRoot);
+        } catch {
+          // not empty (an operator's directory) or already gone
+        }
       }
     }
   }
@@ -701,6 +705,18 @@ export class Sandbox {
         `the mounts changed since the kernel started: ${this.refusal}; no process is started until it is unmounted`,
       );
     singleLinks(this.config.secrets ?? []);
+  }
+
+  /**
+   * A root the kernel named ({@link SandboxConfig.lockRoot}): made and locked now, held to the
+   * kernel's stop, so that no other local user can take its name (anyone can compute it) while
+   * the kernel runs. Throws {@link UnsafeScratchRootError} when it was taken meanwhile.
+   */
+  holdRoot(): void {
+    const lockFile = this.config.lockRoot;
+    if (!lockFile || (this.rootLock && scratchRootLocked(this.config.scratchRoot, lockFile))) return;
+    this.rootLock?.close();
+    this.rootLock = lockScratchRoot(this.config.scratchRoot, lockFile);
   }
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */

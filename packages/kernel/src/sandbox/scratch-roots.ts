@@ -54,6 +54,23 @@ export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): D
   }
 }
 
+/**
+ * The root a kernel names for its home: `usual` (`<tmpdir>/kpip-scratch-<uid>-<home hash>`), or,
+ * when another local user took that name first (a link, a directory of theirs: anyone can compute
+ * it), the same name with 16 random hex digits added, which no one can take first. Refused, the
+ * taken name left the home's sandbox unavailable for as long as it stayed. The stale-root sweep
+ * matches both forms.
+ */
+export function namedScratchRoot(usual: string): string {
+  try {
+    ownScratchRoot(usual);
+    return usual;
+  } catch (e) {
+    if (!(e instanceof UnsafeScratchRootError)) throw e;
+    return `${usual}-${randomBytes(8).toString("hex")}`;
+  }
+}
+
 /** A scratch root that is there but is not a directory of the kernel's user. */
 export class UnsafeScratchRootError extends Error {
   override name = "UnsafeScratchRootError";
@@ -152,8 +169,9 @@ export function removeStaleRoots(
   remove: (paths: string[]) => unknown = removeTrees,
   now = Date.now(),
 ): number {
-  const named = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}$`);
-  const gone = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}\\.gone-[0-9a-f]{16}$`);
+  // The usual name, or one a kernel fell back to when that was taken (namedScratchRoot).
+  const named = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}(?:-[0-9a-f]{16})?$`);
+  const gone = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}(?:-[0-9a-f]{16})?\\.gone-[0-9a-f]{16}$`);
   let names: string[];
   try {
     names = readdirSync(parent);

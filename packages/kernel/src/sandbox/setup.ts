@@ -7,7 +7,14 @@ import { ConfigError, type KernelConfig } from "../config.js";
 import { HOME_FILES } from "../home.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
-import { checkScratchRootPlace, disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scratch-roots.js";
+import {
+  checkScratchRootPlace,
+  disownScratchRoot,
+  namedScratchRoot,
+  ROOT_LIVE,
+  ROOT_LOCK,
+  removeStaleRoots,
+} from "./scratch-roots.js";
 import type { SecretFile } from "./view.js";
 
 /**
@@ -45,7 +52,9 @@ export function openSandbox(
   const named = !c.sandboxScratch;
   const scratchRoot =
     c.sandboxScratch ||
-    join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
+    namedScratchRoot(
+      join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`),
+    );
   if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
     throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
   checkScratchRootPlace(scratchRoot, !named);
@@ -83,6 +92,15 @@ export function openSandbox(
   });
   // A root whose processes may outlive its kernel must carry no free `.lock`, or another kernel would remove it whole.
   if (named && c.sandbox !== "bwrap") disownScratchRoot(scratchRoot);
+  // Held from now (or from the trial run) to the stop: its name is not free for anyone to take meanwhile.
+  if (named && (sandbox.mode === "none" || !sandbox.unavailable)) {
+    try {
+      sandbox.holdRoot();
+    } catch (e) {
+      // Taken between the look and now: every launch is refused the same way (launch() checks again).
+      log.error({ err: (e as Error).message }, "cannot hold the scratch root");
+    }
+  }
   // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's
   // (removed in the background: however deep or large, it neither delays nor stops the start).
   void sandbox.sweep();
