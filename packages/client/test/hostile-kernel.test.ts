@@ -65,7 +65,7 @@ async function refusesHandshake(
     (e: Error) => e,
   );
   assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
-  const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
+  const told = await until(() => k.got.find((m) => m.type === "ERROR"), 30_000, `${name}: the client's ERROR`);
   assert.deepEqual(
     [told.body.class, told.body.code, told.body.fatal],
     ["PROTOCOL", code, true],
@@ -233,9 +233,9 @@ describe("a kernel that breaks the handshake's order", () => {
     open.push(k);
     const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
     await assert.rejects(c.system.health());
-    const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, "the client's ERROR");
+    const told = await until(() => k.got.find((m) => m.type === "ERROR"), 30_000, "the client's ERROR");
     assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_MAGIC", true]);
-    await until(() => c.state === "closed", 5000, "the client closed");
+    await until(() => c.state === "closed", 30_000, "the client closed");
   });
 });
 
@@ -285,7 +285,7 @@ describe("a kernel that sends frames larger than a handshake needs", () => {
         );
         assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
         assert.match(err.message, /TOO_LARGE|exceeds the limit/, name);
-        const told = await until(() => got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
+        const told = await until(() => got.find((m) => m.type === "ERROR"), 30_000, `${name}: the client's ERROR`);
         assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "TOO_LARGE", true], name);
       }
     } finally {

@@ -226,7 +226,7 @@ describe("answers queued unread across a persona tree's sessions", () => {
       const stalled: RawPeer[] = [];
       for (let i = 0; i < 8; i++) {
         const p = await peer();
-        p.sock.pause();
+        p.stall();
         p.send(Buffer.concat([read(1), read(2), read(3)]));
         stalled.push(p);
       }

@@ -22,7 +22,7 @@ describe("bounded after authentication: events", () => {
           p.request(2, { op: "event.subscribe", target: "topic://flood/*", args: {} }, { persona: "admin" });
           await p.response(2);
         }
-        p.sock.pause();
+        p.stall();
       }
       const emitter = await t.admin();
       const payload = new Uint8Array(512 * 1024).fill(7);
@@ -90,7 +90,7 @@ describe("bounded after authentication: events", () => {
           stalled.push(p);
           await p.handshake(ev.identity, [ev.token]);
           await subscribe(p, "ev");
-          p.sock.pause();
+          p.stall();
         }
         // One session of the same tree that reads, and one of another persona's tree.
         const reader = await RawPeer.connect(t.k.socketPath);
@@ -158,7 +158,7 @@ describe("bounded after authentication: events", () => {
         await p.handshake(id.identity, [id.token]);
         p.request(1, { op: "event.subscribe", target: topic, args: {} }, { persona });
         assert.equal((await p.response(1)).status, "SUCCESS");
-        p.sock.pause();
+        p.stall();
         return p;
       };
       const stalled: RawPeer[] = [];
@@ -222,7 +222,7 @@ describe("bounded after authentication: events", () => {
       await subscribe(1, "topic://shared/**");
       await subscribe(2, "topic://shared/x");
       const own = await subscribe(3, "topic://bob/**");
-      p.sock.pause();
+      p.stall();
       try {
         const e = await t.connect(eve.identity, [eve.token]);
         const b = await t.connect(bob.identity, [bob.token]);

@@ -1,20 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { encodeIntent, encodeMessage, type Message } from "@kpip/protocol";
 import { adminIdentity, type TestKernel, withKernel } from "./harness.js";
+import { liveBytes } from "./live-bytes.js";
 import { RawPeer } from "./wire.js";
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
-/** The heap and ArrayBuffer memory in use after a full collection (the kernel runs in this process). */
-const liveBytes = () => {
-  gc();
-  gc();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-};
 
 const MiB = 1024 * 1024;
 
@@ -27,17 +16,10 @@ async function stalledSubscriber(t: TestKernel, topic: string): Promise<{ close(
   await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
   p.request(1, { op: "event.subscribe", target: topic, args: {} }, { persona: "admin" });
   assert.equal((await p.response(1)).status, "SUCCESS");
-  p.sock.pause();
-  let seq = 1;
-  const alive = setInterval(() => p.sendMessage({ type: "PING", body: { seq: seq++ } }), 500);
+  p.stall();
   const admin = await t.admin();
   await admin.events.emit(topic, { big: new Uint8Array(4 * MiB).fill(7) });
-  return {
-    close: () => {
-      clearInterval(alive);
-      p.close();
-    },
-  };
+  return { close: () => p.close() };
 }
 
 describe("an event waiting for a subscriber costs the kernel what it is counted as", () => {

@@ -245,7 +245,7 @@ describe("gRPC transport with TLS", () => {
     // The failed handshake's record says where it came from, as an open record does.
     const failed = await until(
       () => t.k.inspect.queryAudit({ op: "session.handshake", limit: 50 }).find((r) => /BAD_MAGIC/.test(r.message ?? "")),
-      5000,
+      30_000,
       "the failed handshake's record",
     );
     const origin = JSON.parse(failed.detail ?? "{}");
@@ -293,7 +293,7 @@ describe("gRPC transport with TLS", () => {
     await until(() => p.closed, 10_000, "the socket closed");
     const uds = await until(
       () => (records(challenge.body.session).length === 2 ? records(challenge.body.session) : undefined),
-      5000,
+      30_000,
       "the socket session's records",
     );
     assert.deepEqual(uds, [["session.open", "SUCCESS", null, "uds"], expected[1]]);
@@ -305,7 +305,7 @@ describe("gRPC transport with TLS", () => {
     s.close();
     const got = await until(
       () => (records(s.session).length >= 2 ? records(s.session) : undefined),
-      5000,
+      30_000,
       "the gRPC session's records",
     );
     // No "connection closed" record after it: the session ended on its error, as over the socket.
@@ -491,7 +491,7 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
     bytewise.close();
     const record = await until(
       () => t.k.inspect.queryAudit({ op: "session.handshake", limit: 50 }).find((r) => /FRAGMENTED/.test(r.message ?? "")),
-      5000,
+      30_000,
       "the failed handshake's record",
     );
     assert.equal(record.errorClass, "PROTOCOL");
@@ -546,7 +546,7 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
           t.k.inspect
             .queryAudit({ op: "session.error", limit: 50 })
             .find((r) => r.session === s.session && /FRAGMENTED/.test(r.message ?? "")),
-        5000,
+        30_000,
         "the session's FRAGMENTED record",
       );
       assert.equal(record.errorClass, "PROTOCOL");

@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import {
   encodeFrameParts,
   encodeIntent,
@@ -13,17 +11,9 @@ import {
   PEER_OTHER_MESSAGE_MAX_ITEMS,
 } from "@kpip/protocol";
 import { removeHome, startKernel, until, withKernel } from "./harness.js";
+import { liveBytes } from "./live-bytes.js";
 import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
-/** The heap and ArrayBuffer memory in use after a full collection (the kernel runs in this process). */
-const liveBytes = () => {
-  gc();
-  gc();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-};
 /** Resolves once the event loop went round (a write to the kernel's socket has been read by then, or is read next). */
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 

@@ -69,7 +69,7 @@ describe("bounded before authentication", () => {
         p.sendMessage(m);
         const e = await p.next("ERROR");
         assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "UNEXPECTED_MESSAGE", true], m.type);
-        await until(() => p.closed, 5000, `closed after ${m.type}`);
+        await until(() => p.closed, 30_000, `closed after ${m.type}`);
       }
       // After WELCOME non-fatal ERRORs are allowed, but each peer's lines are bounded.
       const p = await RawPeer.admin(t);

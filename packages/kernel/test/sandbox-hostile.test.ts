@@ -224,10 +224,10 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
       rights: [],
       lifetimeMs: 60_000,
     });
-    await until(() => processesWith(m).length > 0, 10_000, "the escaped process runs");
+    await until(() => processesWith(m).length > 0, 30_000, "the escaped process runs");
     await s.admin.agents.kill(`agent://sh/esc-${m}`);
-    await until(async () => (await s.admin.agents.status(`agent://sh/esc-${m}`)).state === "killed", 10_000, "killed");
-    await until(() => processesWith(m).length === 0, 10_000, "nothing survives the agent");
+    await until(async () => (await s.admin.agents.status(`agent://sh/esc-${m}`)).state === "killed", 30_000, "killed");
+    await until(() => processesWith(m).length === 0, 30_000, "nothing survives the agent");
     await assertServing();
   };
 

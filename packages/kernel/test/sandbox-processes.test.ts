@@ -389,8 +389,9 @@ describe("a kernel process and what it inherited", { skip: sandboxSkip }, () => 
       const script = `const fs=require("fs");let w="";try{fs.writeSync(200,"pwned");w="WROTE"}catch(e){w=e.code}console.log(w,fs.readlinkSync("/proc/self/fd/200"))`;
       const r = (await c.ops.wait(await c.compute.command("node", ["-e", script]))) as { stdout: Uint8Array };
       assert.match(Buffer.from(r.stdout).toString(), /^EBADF \/dev\/null/);
-      const a = await c.agents.spawn("node", "fdw", { args: ["-e", script], rights: [], lifetimeMs: 30_000 });
-      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 15_000);
+      // A node agent took 9 s to end on a machine loaded 15 deep: room for more, its lifetime no sooner.
+      const a = await c.agents.spawn("node", "fdw", { args: ["-e", script], rights: [], lifetimeMs: 120_000 });
+      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 120_000, "the agent ended");
       assert.match(Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString(), /^EBADF \/dev\/null/);
       assert.equal(readFileSync(target, "utf8"), "", "nothing was written through the inherited descriptor");
     } finally {

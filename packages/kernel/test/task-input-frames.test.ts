@@ -1,20 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { encodeIntent, encodeMessage, type Message } from "@kpip/protocol";
 import { adminIdentity, withTasks } from "./harness.js";
+import { liveBytes } from "./live-bytes.js";
 import { RawPeer } from "./wire.js";
-
-setFlagsFromString("--expose-gc");
-const gc = runInNewContext("gc") as () => void;
-/** The heap and ArrayBuffer memory in use after a full collection (the kernel runs in this process). */
-const liveBytes = () => {
-  gc();
-  gc();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-};
 
 const MiB = 1024 * 1024;
 

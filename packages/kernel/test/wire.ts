@@ -102,6 +102,7 @@ export class RawPeer {
   decodeError: Error | undefined;
   private readonly decoder = new FrameDecoder();
   private helloBytes: Buffer | undefined;
+  private keepalive: NodeJS.Timeout | undefined;
   version = 1;
 
   private constructor(readonly sock: net.Socket) {
@@ -138,8 +139,11 @@ export class RawPeer {
     this.send(f);
   }
 
-  /** The first frame of `type` received (taken from `frames`); fails at once when the connection closed without one. */
-  async next<T extends Message["type"]>(type: T, ms = 5000): Promise<Extract<Message, { type: T }>> {
+  /**
+   * The first frame of `type` received (taken from `frames`); fails at once when the connection
+   * closed without one. The wait is long: a handshake's WELCOME took seconds on a machine loaded 15 deep.
+   */
+  async next<T extends Message["type"]>(type: T, ms = 30_000): Promise<Extract<Message, { type: T }>> {
     const found = await until(
       () => {
         const f = this.frames.find((x) => x.msg.type === type);
@@ -232,7 +236,21 @@ export class RawPeer {
     return () => answered;
   }
 
+  /**
+   * Stops reading (the socket paused) and stays alive: a PING every second until close. The kernel
+   * drops a peer silent for 3 heartbeats (15 s by default) as dead — on a busy machine, mid-test,
+   * which freed what it held as a bound would, or lost it what it was to read on resume.
+   */
+  stall(): void {
+    this.sock.pause();
+    let seq = 0;
+    if (this.keepalive) return;
+    this.keepalive = setInterval(() => this.sendMessage({ type: "PING", body: { seq: ++seq } }), 1000);
+    this.sock.once("close", () => clearInterval(this.keepalive));
+  }
+
   close(): void {
+    clearInterval(this.keepalive);
     this.sock.destroy();
   }
 }
@@ -258,7 +276,7 @@ export function allAudit(k: Kernel): AuditRow[] {
 
 /** Waits until an audit record matching `pred` is committed, and returns it. */
 export function auditRecord(k: Kernel, pred: (r: AuditRow) => boolean, what = "audit record"): Promise<AuditRow> {
-  return until(() => allAudit(k).find(pred), 5000, what);
+  return until(() => allAudit(k).find(pred), 30_000, what);
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
