@@ -25,10 +25,12 @@
 #define SO_PEERPIDFD 77
 #endif
 
-// Field 22 of /proc/<pid>/stat (clock ticks after boot), or -1.
+// Field 22 of /proc/<pid>/stat (clock ticks after boot), or -1. Read from the leader thread's
+// /proc/<pid>/task/<pid>/stat (the same field): /proc/<pid>/stat sums over every thread, so its
+// cost grows with the peer's thread count.
 static double start_ticks(pid_t pid) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  char path[80], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
   int f = open(path, O_RDONLY | O_CLOEXEC);
   if (f < 0) return -1;
   ssize_t n = read(f, buf, sizeof buf - 1);
