@@ -172,6 +172,8 @@ describe("the peer process is read at the first HELLO, not at accept", () => {
         for (let i = 0; i < 5; i++) raw.push(net.connect(t.k.socketPath));
         await until(() => sessions.all().length >= before + 5 || undefined, 30_000, "the connections accepted");
         assert.equal(reads, 0, "no peer read for connections that said nothing");
+        await admin.call("system.status", "kernel://");
+        assert.equal(reads, 0, "nor for the operator's status, which lists them");
         const c = await t.admin();
         assert.equal(reads, 1, "one read, at the session's HELLO");
         assert.equal((openedBy(allAudit(t.k), c.persona).at(-1)?.process as { pid?: number } | undefined)?.pid, process.pid);
