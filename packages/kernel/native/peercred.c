@@ -30,7 +30,7 @@
 // every thread's counters as it is read, so a peer with 10,000 threads made each accept cost the
 // kernel's thread ~1.5 ms (a thread's own stat is the same few microseconds whatever the count).
 static double start_ticks(pid_t pid) {
-  char path[64], buf[1024];
+  char path[80], buf[1024];
   snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
   int f = open(path, O_RDONLY | O_CLOEXEC);
   if (f < 0) return -1;

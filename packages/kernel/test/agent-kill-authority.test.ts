@@ -288,4 +288,62 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
       removeHome(t.home);
     }
   });
+  it("a killed agent's allocations freed while the record of it is refused is logged, the kernel serving on", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const alloc = { ops: ["resource.alloc", "resource.query", "resource.free"], targets: ["persona://ann/**"] };
+      const ann = await t.persona("ann", [alloc, { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] }], {
+        limits: { gpu: 2 },
+      });
+      const c = await t.connect(ann.identity, [ann.token]);
+      const usage = async () => ((await c.call("resource.query", "persona://ann")).payload as { usage: object }).usage;
+      const steps = [{ call: "resource.alloc", target: "persona://ann/agent.g2", args: { resource: "gpu", amount: 2 } }];
+      const a = await c.agents.spawn("node", "g2", {
+        args: [TREE_AGENT, JSON.stringify(steps)],
+        rights: [alloc],
+        lifetimeMs: 120_000,
+      });
+      const agent = a.agent as string;
+      await until(
+        async () =>
+          Buffer.from((await c.agents.logs(agent)).stdout)
+            .toString()
+            .includes("\n") || undefined,
+        60_000,
+        "the agent's report",
+      );
+      assert.deepEqual(await usage(), { gpu: 2 });
+      // The record of the freeing refused (freeAllocations runs in a microtask: a throw there was
+      // an uncaught exception, which ends the kernel's process).
+      const opts = (t.k as unknown as { services: { agents: { opts: { record: (act: { op: string }) => number } } } }).services
+        .agents.opts;
+      const record = opts.record;
+      let refused = 0;
+      const uncaught: unknown[] = [];
+      const monitor = (e: unknown) => uncaught.push(e);
+      process.on("uncaughtExceptionMonitor", monitor);
+      opts.record = (act, ...rest) => {
+        if (act.op === "resource.freed") {
+          refused++;
+          throw new Error("disk I/O error");
+        }
+        return (record as (...x: unknown[]) => number)(act, ...rest);
+      };
+      assert.equal(await c.agents.kill(agent), true);
+      await until(() => refused > 0 || undefined, 30_000, "the freeing's record, refused");
+      // Freed all the same, and the kernel serves on: old sessions and new.
+      assert.deepEqual(await usage(), {});
+      await c.call("resource.alloc", "persona://ann", { resource: "gpu", amount: 1 });
+      const again = await t.connect(ann.identity, [ann.token]);
+      assert.deepEqual(((await again.call("resource.query", "persona://ann")).payload as { usage: object }).usage, { gpu: 1 });
+      await until(async () => (await c.agents.status(agent)).state !== "running", 30_000, "the agent ended");
+      process.off("uncaughtExceptionMonitor", monitor);
+      assert.deepEqual(uncaught, [], "no uncaught exception on the kernel's thread");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

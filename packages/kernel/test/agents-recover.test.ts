@@ -225,10 +225,11 @@ describe("agents recorded running when the kernel died", () => {
     assert.equal(processIdentity(2 ** 31), undefined);
     const root = mkdtempSync(join(tmpdir(), "kpip-proc-"));
     try {
-      mkdirSync(join(root, "42"));
+      // The leader thread's stat (/proc/<pid>/stat's cost grows with the process's threads).
+      mkdirSync(join(root, "42", "task", "42"), { recursive: true });
       // Fields 3.. after the command name; field 22 (start time) is 987654.
       const rest = ["S", ...Array.from({ length: 18 }, (_, i) => String(i + 4)), "987654", "0"].join(" ");
-      writeFileSync(join(root, "42", "stat"), `42 (a) b (c) ${rest}\n`);
+      writeFileSync(join(root, "42", "task", "42", "stat"), `42 (a) b (c) ${rest}\n`);
       assert.match(processIdentity(42, root) ?? "", / 987654$/);
     } finally {
       rmSync(root, { recursive: true, force: true });

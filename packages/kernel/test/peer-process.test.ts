@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import net from "node:net";
 import { release, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -222,5 +223,43 @@ describe("system.status names the process holding each Unix-socket session (oper
       const own = (await viewer.call("system.status", "kernel://")).payload as { sessions: Record<string, unknown>[] };
       assert.ok(own.sessions.length > 0 && own.sessions.every((s) => !("pid" in s)));
     });
+  });
+});
+
+describe("the peer process is read at the first HELLO, not at accept", () => {
+  it("connections that never say HELLO cost no peer read; a session's HELLO reads its peer once", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    // The addon the kernel loaded (one module per file): its reads counted.
+    const addon = createRequire(import.meta.url)("../../build/Release/peercred.node") as { peer: (fd: number) => unknown };
+    const peer = addon.peer;
+    let reads = 0;
+    addon.peer = (fd) => {
+      reads++;
+      return peer(fd);
+    };
+    const raw: net.Socket[] = [];
+    try {
+      await withKernel({}, async (t) => {
+        const admin = await t.admin();
+        const sessions = (t.k as unknown as { services: { sessions: { all(): unknown[] } } }).services.sessions;
+        const before = sessions.all().length;
+        reads = 0;
+        // A flood's connections, accepted (each a half-open session) and silent.
+        for (let i = 0; i < 5; i++) raw.push(net.connect(t.k.socketPath));
+        await until(() => sessions.all().length >= before + 5 || undefined, 30_000, "the connections accepted");
+        assert.equal(reads, 0, "no peer read for connections that said nothing");
+        await admin.call("system.status", "kernel://");
+        assert.equal(reads, 0, "nor for the operator's status, which lists them");
+        const c = await t.admin();
+        assert.equal(reads, 1, "one read, at the session's HELLO");
+        assert.equal((openedBy(allAudit(t.k), c.persona).at(-1)?.process as { pid?: number } | undefined)?.pid, process.pid);
+        await c.close();
+        await admin.close();
+      });
+    } finally {
+      addon.peer = peer;
+      for (const s of raw) s.destroy();
+    }
   });
 });

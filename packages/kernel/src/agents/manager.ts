@@ -925,13 +925,20 @@ export class AgentManager {
       return;
     }
     if (freed === 0) return;
-    this.opts.record({
-      op: "resource.freed",
-      target: `persona://${live.persona}`,
-      persona: live.persona,
-      message: `${why}: its allocations were freed`,
-      detail: { persona: live.persona, agent: id, token: live.token.id, reason: why, allocationsFreed: freed },
-    });
+    // A microtask's throw is an uncaught exception, which ends the kernel: the rows are freed
+    // either way, and a record the log refuses is logged (as endAuthority's steps are).
+    try {
+      this.opts.record({
+        op: "resource.freed",
+        target: `persona://${live.persona}`,
+        persona: live.persona,
+        message: `${why}: its allocations were freed`,
+        detail: { persona: live.persona, agent: id, token: live.token.id, reason: why, allocationsFreed: freed },
+      });
+    } catch (e) {
+      if (isStorageFull(e)) this.opts.storageFull?.(e);
+      else this.log.error({ err: e, agent: id, allocationsFreed: freed }, "cannot record a killed agent's freed allocations");
+    }
   }
 
   /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */

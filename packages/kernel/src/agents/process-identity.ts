@@ -36,7 +36,9 @@ export function processIdentity(pid: number, procRoot = "/proc"): string | undef
   const scope = pidScope();
   if (scope === undefined || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
-    const stat = readFileSync(`${procRoot}/${pid}/stat`, "utf8");
+    // The leader thread's own stat, same field 22: /proc/<pid>/stat sums over every thread, its
+    // cost growing with their number (a process of many threads made each read long).
+    const stat = readFileSync(`${procRoot}/${pid}/task/${pid}/stat`, "utf8");
     // The command name (field 2) may hold spaces and parentheses: fields count from its last ")".
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     const start = fields[19];

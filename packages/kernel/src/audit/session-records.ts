@@ -17,11 +17,17 @@ export class SessionRecords {
   constructor(
     private readonly audit: AuditLog,
     private readonly session: string,
-    /** Transport, peer address and TLS client certificate: structured on the open and handshake records. */
-    private readonly origin: ConnectionOrigin,
+    /** Transport, peer address and TLS client certificate: structured on the open and handshake records (taken once, when first needed). */
+    private readonly originOf: ConnectionOrigin | (() => ConnectionOrigin),
     /** The sessions open, kept beside the log for the start after a kill (live-sessions.ts). */
     private readonly live?: LiveSessions,
   ) {}
+
+  private originTaken: ConnectionOrigin | undefined;
+  private get origin(): ConnectionOrigin {
+    this.originTaken ??= typeof this.originOf === "function" ? this.originOf() : this.originOf;
+    return this.originTaken;
+  }
 
   /**
    * WELCOME sent: where the session comes from (transport, peer, client certificate), every token presented (bound ones by handle, refused ones by what

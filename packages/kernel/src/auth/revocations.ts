@@ -252,8 +252,17 @@ export class Revocations {
     if (!keepIfFull) {
       // Made in a transaction that then rolls back (a persona's removal whose commit failed), it
       // is undone here too: kept in force in memory alone, a restart would make the token valid again.
-      if (!known) this.store.onRollback(() => this.rolledBack(id));
-      return { changed: this.store.revokeToken(id, by, now), ended };
+      // Only a row this call inserted: one stored already (another process's revocation, not
+      // reloaded yet) outlives the rollback, and so does its revocation here.
+      let inserted: boolean;
+      try {
+        inserted = this.store.revokeToken(id, by, now);
+      } catch (e) {
+        if (!known) this.store.onRollback(() => this.rolledBack(id));
+        throw e;
+      }
+      if (inserted && !known) this.store.onRollback(() => this.rolledBack(id));
+      return { changed: inserted, ended };
     }
     // Kept for room, it is new if it was not in force already; an earlier kept revocation of it stands.
     let changed = !known;

@@ -59,6 +59,8 @@ interface Queued {
    * in memory of its own ({@link hold}), never as the decoded value.
    */
   structured: boolean;
+  /** How many subscriptions' queues it waits in: held ({@link hold}) after its emit only if any. */
+  waiting: number;
 }
 
 /**
@@ -416,7 +418,26 @@ export class EventBus {
     const structured = typeof data === "object" && data !== null;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD + (structured ? HELD_COPY_OVERHEAD : 0);
     // One entry for every subscription it reaches: what is worked out about it is worked out once.
-    const entry: Queued = { topic, data, bytes, hasData: data !== undefined, structured };
+    const entry: Queued = { topic, data, bytes, hasData: data !== undefined, structured, waiting: 0 };
+    let n = 0;
+    try {
+      n = this.deliver(matched, entry, owner, began, reached);
+    } finally {
+      // What still waits after the pumps is held (copied once); what every subscriber got at
+      // once is not: a copy per structured event delivered was the emit's largest cost.
+      if (entry.waiting > 0) this.hold(entry);
+    }
+    return n;
+  }
+
+  /** {@link emit}'s delivery of `entry` to each matching subscription: how many it reached. */
+  private deliver(
+    matched: Iterable<Subscription>,
+    entry: Queued,
+    owner: string | undefined,
+    began: number | undefined,
+    reached: ((sink: EventSink) => void) | undefined,
+  ): number {
     let n = 0;
     for (const s of matched) {
       // Ended during this emit (a write before it dropped its session): nothing is queued to it.
@@ -591,7 +612,8 @@ export class EventBus {
       this.miss(s);
       return;
     }
-    this.hold(e);
+    // Held at the end of its emit if it still waits then (the pump after this may send it at once).
+    e.waiting++;
     s.queue.push(e);
     this.count(s, e.bytes);
   }
@@ -687,6 +709,7 @@ export class EventBus {
 
   private take(s: Subscription): Queued {
     const e = s.queue.shift() as Queued;
+    e.waiting--;
     this.count(s, -e.bytes);
     return e;
   }

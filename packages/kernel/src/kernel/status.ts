@@ -55,7 +55,8 @@ export function kernelStatus(x: StatusSources, persona: string): CborMap {
   }
   // The operator's: which process holds a Unix-socket session, as its session.open record says.
   const withPid = (s: Session) => {
-    const p = s.conn.process;
+    // Not read for a connection yet to say HELLO: a status call over a connect flood would pay for each.
+    const p = s.state === "hello" ? undefined : s.conn.process;
     return typeof p === "object" ? { ...session(s), pid: p.pid } : session(s);
   };
   const last = x.store.checkpoints().at(-1);

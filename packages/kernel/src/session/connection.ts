@@ -207,8 +207,9 @@ export interface Connection extends ByteChannel {
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
   /**
-   * The Unix socket: the process that connected (SO_PEERCRED, read at accept), or why it is
-   * unknown (a short reason). Absent on transports with no peer process to name.
+   * The Unix socket: the process that connected (SO_PEERCRED, read when first asked for — the
+   * session's first HELLO — and kept), or why it is unknown (a short reason). Absent on
+   * transports with no peer process to name.
    */
   readonly process?: PeerProcess | string;
   /** gRPC: whether the stream is carried over TLS. */

@@ -105,7 +105,8 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerKey = peerKey(addressOf(conn));
-    this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
+    // Where it comes from, taken at the first record that says so (the peer process read then, or at HELLO).
+    this.records = new SessionRecords(host.audit, this.id, () => originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
     this.control = new ControlRate(host.limits.controlFrameRate ?? CONTROL_FRAME_RATE, this.openedAt);
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
@@ -280,6 +281,9 @@ export class Session implements SessionView, EventSink {
   }
 
   private onHello(body: Hello, bytes: Uint8Array): void {
+    // The peer process, read now (an admitted connection's first HELLO, its socket open) for the
+    // session.open or session.handshake record to come: a shed connection, or one that never says HELLO, costs none.
+    void this.conn.process;
     const negotiated = negotiateHello(body);
     if (!("version" in negotiated)) return this.fail("PROTOCOL", negotiated.code, negotiated.message, body.persona);
     const version = negotiated.version;

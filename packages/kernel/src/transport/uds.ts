@@ -11,7 +11,7 @@ import {
   type PeerCloseTimeout,
   type PeerProcess,
 } from "../session/connection.js";
-import { peerReader } from "./peer-process.js";
+import { type PeerReader, peerReader } from "./peer-process.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
 export class SocketPathError extends Error {
@@ -79,9 +79,12 @@ export class UdsListener {
     await prepareSocketPath(this.path);
     const peers = peerReader();
     this.peersUnknown = peers.reason;
-    // The peer process is read at accept, while the process that connected is most likely still there.
+    // The peer process is read when first asked for (the session's first HELLO), not at accept:
+    // a connect flood the pre-authentication budget sheds, or connections that never say HELLO,
+    // cost no read. SO_PEERCRED is fixed at connect() and the pidfd names the connecting process
+    // whenever it is taken, so a later read is as true.
     const server = net.createServer({ noDelay: true } as net.ServerOpts, (sock) =>
-      this.accept(new SocketConnection(sock, "uds", PEER_CLOSE_GRACE_MS, peers.read(sock))),
+      this.accept(new SocketConnection(sock, "uds", PEER_CLOSE_GRACE_MS, peers.read)),
     );
     // libuv unlinks the path a pipe server was bound to when it closes, even if another kernel
     // owns that path by then. So bind under a private name, publish it with link() (which, unlike
@@ -144,8 +147,8 @@ export class SocketConnection implements Connection {
     readonly transport: string,
     /** How long the peer has to close its side after {@link end}. */
     closeGraceMs = PEER_CLOSE_GRACE_MS,
-    /** The Unix socket's peer process, or why it is unknown ({@link Connection.process}). */
-    readonly process?: PeerProcess | string,
+    /** Reads the Unix socket's peer process, or why it is unknown ({@link Connection.process}), once asked. */
+    private readonly readPeer?: PeerReader,
   ) {
     this.peer = sock.remoteAddress ?? "local";
     this.cut = new PeerCloseCut(transport, closeGraceMs);
@@ -154,6 +157,16 @@ export class SocketConnection implements Connection {
     });
     sock.once("close", () => clearTimeout(this.hold));
     this.out = socketTurnBatcher(sock);
+  }
+
+  /** What {@link readPeer} said, once read. */
+  private peerProcess: PeerProcess | string | undefined;
+
+  /** The peer process, read at the first call (the descriptor is gone once the socket is destroyed). */
+  get process(): PeerProcess | string | undefined {
+    if (this.readPeer === undefined) return undefined;
+    this.peerProcess ??= this.readPeer(this.sock);
+    return this.peerProcess;
   }
 
   get buffered(): number {
