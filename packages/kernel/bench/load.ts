@@ -1,5 +1,5 @@
 /**
- * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--generators G] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR] [--kernel-trace-gc] [--kernel-flag F]… [--kernel-probe] [--kernel-rt]`
+ * `npm run load -- [--sessions N] [--seconds S] [--min-ops N] [--personas P] [--generators G] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR] [--kernel-trace-gc] [--kernel-flag F]… [--kernel-probe] [--kernel-rt]`
  *
  * Load: N concurrent sessions (default 1,000) spread over P personas, each running a mix of
  * operations with think time for S seconds (default 60) against a kernel in its own process.
@@ -42,6 +42,8 @@ const int = (name: string, dflt: number) => {
 };
 const SESSIONS = int("sessions", 1000);
 const SECONDS = int("seconds", 60);
+/** The run goes on past SECONDS until this many ops were done (a test's floor that a busy machine must not fail). */
+const MIN_OPS = int("min-ops", 0);
 const PERSONAS = Math.min(int("personas", 10), SESSIONS);
 const GENERATORS = Math.min(int("generators", Math.min(4, Math.ceil(SESSIONS / 50))), SESSIONS);
 const MAX_RSS_MB = int("max-rss-mb", 600);
@@ -180,11 +182,22 @@ const sampler = setInterval(() => {
   }
 }, 1000);
 await new Promise<void>((r) => {
-  const t = setTimeout(r, SECONDS * 1000);
-  kernel.once("exit", () => {
+  let timeUp = false;
+  const enough = () => doneBy.reduce((a, b) => a + b, 0) >= MIN_OPS;
+  // The generators report their counts once a second: checked then, not guessed.
+  const check = setInterval(() => {
+    if (timeUp && enough()) finish();
+  }, 250);
+  const t = setTimeout(() => {
+    timeUp = true;
+    if (enough()) finish();
+  }, SECONDS * 1000);
+  const finish = () => {
     clearTimeout(t);
+    clearInterval(check);
     r();
-  });
+  };
+  kernel.once("exit", finish);
 });
 const rssAtEnd = kernelRssMb();
 stopGenerators();

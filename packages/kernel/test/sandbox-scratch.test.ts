@@ -178,9 +178,12 @@ const LARGE = `touch ${MARK} && mkdir many && cd many && seq -f f%g 20000 | xarg
 function heldRemover(outcome: "remove" | "fail" = "remove") {
   const held: { paths: string[]; release: () => void }[] = [];
   const seen = new Set<string>();
+  // Once the test is over nothing more is held: a removal that begins after a failed assertion
+  // would otherwise wait for ever, and the kernel's stop (which waits for removals) with it.
+  let holding = true;
   const remover = async (paths: string[]): Promise<string | undefined> => {
     const marked = paths.filter((p) => existsSync(join(p, MARK)) && !seen.has(p));
-    if (marked.length === 0) return removeTrees(paths);
+    if (marked.length === 0 || !holding) return removeTrees(paths);
     for (const p of marked) seen.add(p);
     await new Promise<void>((release) => held.push({ paths, release }));
     return outcome === "fail" ? "injected failure" : removeTrees(paths);
@@ -189,6 +192,7 @@ function heldRemover(outcome: "remove" | "fail" = "remove") {
     try {
       await f();
     } finally {
+      holding = false;
       for (const h of held) h.release();
     }
   };
@@ -203,7 +207,7 @@ describe("a process's slot, held until its scratch directory is gone", { skip: s
         const c = await t.admin();
         // Its result comes while the removal is held: the op is not held up, only the slot.
         assert.match(await sh(c, LARGE), /made/);
-        await until(() => r.held.length === 1, 30_000, "the tree's removal to begin");
+        await until(() => r.held.length === 1, 300_000, "the tree's removal to begin");
         const tree = r.held[0]?.paths[0] as string;
         assert.equal(existsSync(join(tree, "many", "f20000")), true);
         assert.equal(t.k.status().processes, 1, "the ended command still holds its slot");
@@ -221,7 +225,7 @@ describe("a process's slot, held until its scratch directory is gone", { skip: s
         assert.match(await sh(c, "echo again"), /again/);
         // Stopping while a removal is held: the stop waits for the removal, never for a slot.
         assert.match(await sh(c, LARGE), /made/);
-        await until(() => r.held.length === 2, 30_000, "the second tree's removal to begin");
+        await until(() => r.held.length === 2, 300_000, "the second tree's removal to begin");
         const stopped = t.k.stop();
         r.held[1]?.release();
         await stopped;
@@ -236,7 +240,7 @@ describe("a process's slot, held until its scratch directory is gone", { skip: s
       r.withHeld(async () => {
         const c = await t.admin();
         await c.agents.spawn("sh", "big", { args: ["-c", LARGE], rights: [], lifetimeMs: 60_000 });
-        await until(() => r.held.length === 1, 30_000, "the agent's tree's removal to begin");
+        await until(() => r.held.length === 1, 300_000, "the agent's tree's removal to begin");
         assert.equal((await c.agents.status("agent://sh/big")).state, "exited");
         assert.equal(t.k.status().processes, 1);
         // The same id again: admitted (one place of two is free), and counted apart from the first.
@@ -268,7 +272,7 @@ describe("a process's slot, held until its scratch directory is gone", { skip: s
       r.withHeld(async () => {
         const c = await t.admin();
         assert.match(await sh(c, LARGE), /made/);
-        await until(() => r.held.length === 1, 30_000, "the tree's removal to begin");
+        await until(() => r.held.length === 1, 300_000, "the tree's removal to begin");
         assert.equal(t.k.status().processes, 1);
         r.held[0]?.release();
         await until(() => t.k.status().processes === 0, 30_000, "the slot to be freed");
