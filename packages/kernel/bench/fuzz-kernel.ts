@@ -73,6 +73,11 @@ const kernel: ChildProcess = spawn(
   [MAIN, "kernel", "--home", home, "--log-level", "silent", "--handshake-timeout-ms", "2000", "--max-sessions", "256"],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
+// However the run ends (a throw, or a SIGTERM such as a test's spawn timeout), its kernel goes with it.
+process.once("exit", () => {
+  if (kernel.exitCode === null && kernel.signalCode === null) kernel.kill("SIGKILL");
+});
+for (const sig of ["SIGTERM", "SIGINT"] as const) process.once(sig, () => process.exit(1));
 let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;

@@ -93,6 +93,8 @@ process.once("exit", () => {
   rmSync(home, { recursive: true, force: true });
   if (probeFile) rmSync(probeFile, { force: true });
 });
+// A signal (a test's spawn timeout) ends the run through "exit" too, so the cleanup above runs.
+for (const sig of ["SIGTERM", "SIGINT"] as const) process.once(sig, () => process.exit(1));
 let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
