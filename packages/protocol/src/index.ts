@@ -6,6 +6,7 @@
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
 export { decodeCanonical, lastDecodedItems } from "./cbor/decode.js";
 export { CanonicalWriter, compareKeys, encodeCanonical, headSize, PieceWriter, sortKeys, writeHead } from "./cbor/encode.js";
+export { copyOwn, ownBytes, ownCopy } from "./cbor/own-bytes.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
   type ByteChannel,

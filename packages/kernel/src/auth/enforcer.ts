@@ -3,6 +3,7 @@ import {
   authorizationTarget,
   compiledAllows,
   compileGrant,
+  copyOwn,
   decodeToken,
   derivedTokenId,
   effectiveGrant,
@@ -151,8 +152,9 @@ export class CapEnforcer implements Authorizer {
     try {
       // Decoded from its own copy: the token's byte strings are views of what they were decoded
       // from, and a token sent inline is a view of its request's whole body (up to maxBody), which
-      // the verified cache would otherwise keep alive for as long as it keeps the token.
-      token = bytesOrToken instanceof Uint8Array ? decodeToken(Buffer.from(bytesOrToken)) : bytesOrToken;
+      // the verified cache would otherwise keep alive for as long as it keeps the token; out of the
+      // shared pool too, whose 8 KiB slab a small cached token would keep.
+      token = bytesOrToken instanceof Uint8Array ? decodeToken(copyOwn(bytesOrToken, true) as Buffer) : bytesOrToken;
     } catch (e) {
       return { ok: false, code: (e as TokenError).code ?? "MALFORMED", message: (e as Error).message };
     }

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import type { EventLoopUtilization } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
-import { type CborValue, decodeCanonical, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
+import { type CborValue, decodeCanonical, encodeCanonical, type Grant, isErrorClass, ownCopy } from "@kpip/protocol";
 import { processIdentity, SPAWN_ENV, stillOwnGroup } from "../agents/process-identity.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
@@ -285,7 +285,7 @@ export class ComputeEngine {
     // The task's input waits as a copy of its own (byte strings views of its encoding, counted):
     // a decoded byte string is a view of the REQUEST frame it came in, so a one-byte one kept a
     // whole frame (an unknown field pads it to maxBody) for a task counted a few bytes.
-    if (input !== undefined) args = decodeCanonical(ownBytes(input));
+    if (input !== undefined) args = decodeCanonical(ownCopy(input));
     if (kind === "command") {
       // Refused now, before there is an op: no sandbox, or one process too many.
       this.host.sandbox.check();
@@ -1201,12 +1201,4 @@ function endLeftProcess(p: { id: string; pid: number; procId: string | null }, l
     // already gone
     return false;
   }
-}
-
-/** `b` in memory of its own: a small Buffer is a view of the shared allocation pool, whose 8 KiB slab it would keep. */
-function ownBytes(b: Uint8Array): Uint8Array {
-  if (b.byteLength === b.buffer.byteLength) return b;
-  const own = Buffer.allocUnsafeSlow(b.byteLength);
-  own.set(b);
-  return own;
 }

@@ -6,6 +6,7 @@ import {
   HEADER_SIZE,
   headSize,
   MessageType,
+  ownCopy,
   PIECE_REF_MIN,
   personaWithin,
   writeHead,
@@ -630,11 +631,7 @@ export class EventBus {
   private hold(e: Queued): void {
     if (!e.structured) return;
     e.structured = false;
-    const b = this.sharedOf(e);
-    if (b.byteLength === b.buffer.byteLength) return;
-    const own = Buffer.allocUnsafeSlow(b.length);
-    b.copy(own);
-    e.shared = own;
+    e.shared = ownCopy(this.sharedOf(e)) as Buffer;
   }
 
   /**
