@@ -22,6 +22,7 @@ import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
 import { type Revocations, tokenRef } from "./revocations.js";
+import { TreeSharedFifo } from "./tree-shared-fifo.js";
 
 export { type BoundCapability, HandleTable } from "../session/handles.js";
 export { tokenRef };
@@ -79,18 +80,17 @@ export type DerivedUse = (token: Token, grant: Grant, persona: string, session: 
  * revocations; a custom {@link Authorizer} replaces `authorize` only.
  */
 export class CapEnforcer implements Authorizer {
-  /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
-  private readonly verified = new Map<string, { token: Token; grant: Grant; tree: string }>();
   /**
-   * The keys of {@link verified} by the persona tree whose verification put them there (oldest
-   * first), and their bytes: a tree at its share ({@link VERIFIED_TOKENS_TREE_SHARE}) replaces its own.
+   * Tokens already verified, by their exact bytes: the chain check is pure, so it is done once.
+   * Bounded in number and in bytes (the keys' lengths: an entry's decoded token, grant and compiled
+   * patterns take ~15× its bytes), a persona tree holding at most its share
+   * ({@link VERIFIED_TOKENS_TREE_SHARE}) of either.
    */
-  private readonly verifiedByTree = new Map<string, { keys: Set<string>; bytes: number }>();
-  /**
-   * The bytes of the tokens in {@link verified} (its keys' lengths): bounded as well as their
-   * number, since an entry's decoded token, grant and compiled patterns take ~15× its bytes.
-   */
-  private verifiedBytes = 0;
+  private readonly verified = new TreeSharedFifo<{ token: Token; grant: Grant }>(
+    CACHE_ENTRIES.verifiedTokens,
+    CACHE_ENTRIES.verifiedTokenBytes,
+    VERIFIED_TOKENS_TREE_SHARE,
+  );
   /**
    * The root key each verified grant's token was signed with: a handle's grant (and a
    * subscription's) is checked against key retirement on every use, as an inline token is.
@@ -212,51 +212,17 @@ export class CapEnforcer implements Authorizer {
    * out more of other trees' than the share it grows into. Only a miss (a full verification) comes here.
    */
   private cacheVerified(key: string, token: Token, grant: Grant, persona: string): void {
-    const tree = this.roots.of(persona);
-    let own = this.verifiedByTree.get(tree);
-    if (own === undefined) {
-      own = { keys: new Set(), bytes: 0 };
-      this.verifiedByTree.set(tree, own);
-    }
-    const entries = CACHE_ENTRIES.verifiedTokens / VERIFIED_TOKENS_TREE_SHARE;
-    const bytes = CACHE_ENTRIES.verifiedTokenBytes / VERIFIED_TOKENS_TREE_SHARE;
-    while (own.keys.size > 0 && (own.keys.size >= entries || own.bytes + key.length > bytes))
-      this.forgetVerifiedKey(own.keys.values().next().value as string);
-    while (
-      this.verified.size > 0 &&
-      (this.verified.size >= CACHE_ENTRIES.verifiedTokens || this.verifiedBytes + key.length > CACHE_ENTRIES.verifiedTokenBytes)
-    )
-      this.forgetVerifiedKey(this.verified.keys().next().value as string);
-    // The global eviction may have taken the tree's last entry (and its record) away.
-    if (own.keys.size === 0) this.verifiedByTree.set(tree, own);
-    this.verified.set(key, { token, grant, tree });
-    this.verifiedBytes += key.length;
-    own.keys.add(key);
-    own.bytes += key.length;
-  }
-
-  private forgetVerifiedKey(key: string): void {
-    const e = this.verified.get(key);
-    if (e === undefined) return;
-    this.verified.delete(key);
-    this.verifiedBytes -= key.length;
-    const own = this.verifiedByTree.get(e.tree);
-    if (own === undefined) return;
-    own.keys.delete(key);
-    own.bytes -= key.length;
-    if (own.keys.size === 0) this.verifiedByTree.delete(e.tree);
+    this.verified.add(key, { token, grant }, this.roots.of(persona), key.length);
   }
 
   /** The cache of verified tokens: its entries and their bytes (tests). */
   get verifiedCache(): { entries: number; bytes: number } {
-    return { entries: this.verified.size, bytes: this.verifiedBytes };
+    return { entries: this.verified.size, bytes: this.verified.weight };
   }
 
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
   forgetVerified(): void {
     this.verified.clear();
-    this.verifiedByTree.clear();
-    this.verifiedBytes = 0;
   }
 
   /**

@@ -1,6 +1,7 @@
 import type { Grant } from "@kpip/protocol";
 import { isStorageFull, KeptWrites } from "../store/storage-full.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
+import { TreeSharedFifo } from "./tree-shared-fifo.js";
 
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
 export const tokenRef = (g: Grant): string => g.derived ?? g.id;
@@ -38,11 +39,11 @@ export class Revocations {
   private readonly ids: Set<string>;
   /** Where each revocation is on the audit record (sequence number), where it was noted (kept in the store too). */
   private readonly seqs = new Map<string, number>();
-  /** Derived tokens seen used this run, by their own id → the ids they descend from (minted id and its chain). */
-  private readonly derived = new Map<string, string[]>();
-  /** The persona tree that first used each of {@link derived}, and each tree's (oldest first). */
-  private readonly derivedTree = new Map<string, string>();
-  private readonly derivedByTree = new Map<string, Set<string>>();
+  /**
+   * Derived tokens seen used this run, by their own id → the ids they descend from (minted id and
+   * its chain), each tree holding at most its share ({@link SEEN_DERIVED_TREE_SHARE}).
+   */
+  private readonly derived = new TreeSharedFifo<string[]>(SEEN_DERIVED_MAX, Number.POSITIVE_INFINITY, SEEN_DERIVED_TREE_SHARE);
   /**
    * Ids revoked since the revocation fan-out last took them ({@link takeFresh}), so it visits only
    * what a revoked id covers; undefined: too many to list, the fan-out visits everything once.
@@ -88,29 +89,8 @@ export class Revocations {
   firstUse(g: Grant, tree: string): boolean {
     const id = g.derived;
     if (id === undefined || this.derived.has(id)) return false;
-    let own = this.derivedByTree.get(tree);
-    if (own === undefined) {
-      own = new Set();
-      this.derivedByTree.set(tree, own);
-    }
-    if (own.size >= SEEN_DERIVED_MAX / SEEN_DERIVED_TREE_SHARE) this.forgetSeen(own.values().next().value as string);
-    if (this.derived.size >= SEEN_DERIVED_MAX) this.forgetSeen(this.derived.keys().next().value as string);
-    this.derived.set(id, [...g.chain, g.id]);
-    this.derivedTree.set(id, tree);
-    own.add(id);
-    // The kernel-wide eviction may have emptied the tree's set and dropped it from the map.
-    this.derivedByTree.set(tree, own);
+    this.derived.add(id, [...g.chain, g.id], tree, 0);
     return true;
-  }
-
-  private forgetSeen(id: string): void {
-    this.derived.delete(id);
-    const tree = this.derivedTree.get(id);
-    this.derivedTree.delete(id);
-    if (tree === undefined) return;
-    const own = this.derivedByTree.get(tree);
-    own?.delete(id);
-    if (own?.size === 0) this.derivedByTree.delete(tree);
   }
 
   /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */

@@ -1,0 +1,77 @@
+/**
+ * A map that forgets its oldest entries past a bound in entries and in weight (bytes), in which one
+ * persona tree holds at most `1 / share` of either: past its share a tree's new entry replaces its
+ * own oldest, so one tree's flood never pushes out more of the others' than that share. The
+ * verified-token cache and the derived tokens seen (auth/) are the two.
+ */
+export class TreeSharedFifo<V> {
+  private readonly entries = new Map<string, { value: V; tree: string; weight: number }>();
+  /** Each tree's keys (oldest first) and their weight. */
+  private readonly byTree = new Map<string, { keys: Set<string>; weight: number }>();
+  private total = 0;
+
+  constructor(
+    private readonly maxEntries: number,
+    private readonly maxWeight: number,
+    private readonly share: number,
+  ) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** The sum of the entries' weights. */
+  get weight(): number {
+    return this.total;
+  }
+
+  get(key: string): V | undefined {
+    return this.entries.get(key)?.value;
+  }
+
+  has(key: string): boolean {
+    return this.entries.has(key);
+  }
+
+  /** Adds `key` (absent) for `tree`, first forgetting what the tree's share and then the whole bound require. */
+  add(key: string, value: V, tree: string, weight: number): void {
+    const own = this.byTree.get(tree) ?? { keys: new Set<string>(), weight: 0 };
+    const entries = this.maxEntries / this.share;
+    const weights = this.maxWeight / this.share;
+    while (own.keys.size > 0 && (own.keys.size >= entries || own.weight + weight > weights))
+      this.delete(own.keys.values().next().value as string);
+    while (this.entries.size > 0 && (this.entries.size >= this.maxEntries || this.total + weight > this.maxWeight))
+      this.delete(this.entries.keys().next().value as string);
+    // Set again: forgetting the tree's last entry above dropped it from the map.
+    this.byTree.set(tree, own);
+    this.entries.set(key, { value, tree, weight });
+    this.total += weight;
+    own.keys.add(key);
+    own.weight += weight;
+  }
+
+  delete(key: string): boolean {
+    const e = this.entries.get(key);
+    if (e === undefined) return false;
+    this.entries.delete(key);
+    this.total -= e.weight;
+    const own = this.byTree.get(e.tree);
+    if (own !== undefined) {
+      own.keys.delete(key);
+      own.weight -= e.weight;
+      if (own.keys.size === 0) this.byTree.delete(e.tree);
+    }
+    return true;
+  }
+
+  clear(): void {
+    this.entries.clear();
+    this.byTree.clear();
+    this.total = 0;
+  }
+
+  /** Every key with its value, oldest first. */
+  *[Symbol.iterator](): IterableIterator<[string, V]> {
+    for (const [k, e] of this.entries) yield [k, e.value];
+  }
+}
