@@ -431,7 +431,7 @@ function grpcMessages(bytes: Uint8Array, per: number): Buffer {
 }
 
 /** A session stream on a plaintext HTTP/2 connection, by hand: what it received, and how it closed. */
-function h2Stream(address: string) {
+function h2Stream(address: string, extra: http2.OutgoingHttpHeaders = {}) {
   const session = http2.connect(`http://${address}`);
   session.on("error", () => {});
   const stream = session.request({
@@ -439,6 +439,7 @@ function h2Stream(address: string) {
     ":path": "/kpip.v1.Kernel/Session",
     "content-type": "application/grpc",
     te: "trailers",
+    ...extra,
   });
   const state = { data: Buffer.alloc(0), status: undefined as string | undefined, closed: false, rstCode: -1 };
   stream.on("data", (d: Buffer) => {
@@ -446,6 +447,10 @@ function h2Stream(address: string) {
   });
   stream.on("trailers", (h) => {
     state.status = h["grpc-status"] as string | undefined;
+  });
+  // A trailers-only answer carries its status in the response headers.
+  stream.on("response", (h) => {
+    state.status ??= h["grpc-status"] as string | undefined;
   });
   stream.on("error", () => {});
   stream.on("close", () => {
@@ -568,6 +573,26 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
     await until(() => s.state.closed, 10_000, "the stream reset");
     assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
     s.close();
+  });
+
+  it("a stream whose call grpc-js ends itself (a grpc-timeout passed, or one it cannot parse) is reset once the grace passed, though the peer never sent HELLO and keeps its half open", async () => {
+    // grpc-js answers DEADLINE_EXCEEDED (or INTERNAL) and leaves the HTTP/2 stream open: an
+    // unauthenticated peer kept it past handshakeTimeoutMs, for ever, and the kernel read all it sent.
+    for (const [timeout, status] of [
+      ["1m", grpc.status.DEADLINE_EXCEEDED],
+      ["soon", grpc.status.INTERNAL],
+    ] as const) {
+      const s = h2Stream(address, { "grpc-timeout": timeout });
+      try {
+        await until(() => s.state.status, 10_000, `the status for grpc-timeout ${timeout}`);
+        assert.equal(s.state.status, String(status));
+        // Its half stays open: the kernel resets the stream (NO_ERROR: its answer was complete).
+        await until(() => s.state.closed, 10_000, `the stream reset (grpc-timeout ${timeout})`);
+        assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+      } finally {
+        s.close();
+      }
+    }
   });
 });
 

@@ -732,6 +732,8 @@ export class GrpcStreamConnection implements Connection {
   private streamGone = false;
   /** The session is over (ended, refused, cut): what the peer still sends is not looked at. */
   private done = false;
+  /** The stream's reset past the grace is set (once, whichever way the session ended). */
+  private cutArmed = false;
 
   constructor(
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
@@ -777,9 +779,14 @@ export class GrpcStreamConnection implements Connection {
     const closed = () => {
       if (this.closed) return;
       this.closed = true;
+      this.done = true;
       this.out.stop();
       this.letGo();
       for (const cb of this.closeCbs) cb();
+      // grpc-js may end a call itself (a `grpc-timeout` deadline passed, or one it cannot parse: its
+      // own status) and leave the HTTP/2 stream open: a peer that never sent HELLO kept it for ever,
+      // past handshakeTimeoutMs, and sent into it as fast as it liked. It is reset past the grace too.
+      if (this.h2) this.armCut();
     };
     const gone = () => {
       this.streamGone = true;
@@ -847,6 +854,8 @@ export class GrpcStreamConnection implements Connection {
    * §8.1), unless the peer closed its half by then.
    */
   private armCut(): void {
+    if (this.cutArmed) return;
+    this.cutArmed = true;
     this.cut.arm(
       () => this.streamGone,
       () => {
