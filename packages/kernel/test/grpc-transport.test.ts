@@ -23,7 +23,7 @@ import {
 } from "@kpip/protocol";
 import { pino } from "pino";
 import { ConfigError, Kernel, type KernelOptions } from "../src/index.js";
-import { serverCredentials } from "../src/transport/grpc.js";
+import { GRPC_BYTES_AFTER_END, serverCredentials } from "../src/transport/grpc.js";
 import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
 import { helloFrame, RawPeer } from "./wire.js";
 
@@ -573,6 +573,27 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
     await until(() => s.state.closed, 10_000, "the stream reset");
     assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
     s.close();
+  });
+
+  it("a peer that goes on sending into its stream after its session ended is reset once it sent 256 KiB more, before the grace: the kernel does not read at the peer's pace", async () => {
+    // Each stream's grace was a second of reading whatever the peer sent, as fast as it sent it.
+    const s = h2Stream(address);
+    try {
+      s.stream.write(grpcMessages(Buffer.from("GET / HTTP/1.1\r\n\r\n"), 1 << 20));
+      await until(() => s.frames().find((m) => m.type === "ERROR"), 10_000, "the fatal ERROR");
+      // 8 MiB more in messages of 64 KiB: what reached the socket is what the kernel read (or had room for in its window).
+      const socket = s.stream.session?.socket;
+      const before = socket?.bytesWritten ?? 0;
+      const message = grpcMessages(Buffer.alloc(64 * 1024 - 5, 0x41), 1 << 20);
+      for (let i = 0; i < 128; i++) s.stream.write(message);
+      await until(() => s.state.closed, 10_000, "the stream reset");
+      assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+      const taken = (socket?.bytesWritten ?? 0) - before;
+      // The allowance, and at most a stream window in flight and a DATA frame: 8 MiB before.
+      assert.ok(taken < GRPC_BYTES_AFTER_END + 256 * 1024, `the kernel took ${taken} bytes after the session ended`);
+    } finally {
+      s.close();
+    }
   });
 
   it("a stream whose call grpc-js ends itself (a grpc-timeout passed, or one it cannot parse) is reset once the grace passed, though the peer never sent HELLO and keeps its half open", async () => {
