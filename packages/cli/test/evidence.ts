@@ -55,7 +55,7 @@ export async function evidenceKernel<T>(
     const as: EvidenceStage["as"] = async (persona, rights, extra = {}) => {
       const id = generateIdentity(persona);
       await admin.personas.register(persona, id.publicKey);
-      const token = await admin.tokens.mint(persona, { rights, ttlMs: extra.ttlMs ?? 600_000, ...extra });
+      const token = await admin.tokens.mint(persona, { rights, ...extra, ttlMs: extra.ttlMs ?? 600_000 });
       const client = await KernelClient.connect({ socket: k.socketPath, identity: id, tokens: [token.token], reconnect: false });
       clients.push(client);
       return { client, token };
