@@ -53,11 +53,10 @@ const r = spawnSync(
     "--test",
     "--test-reporter=spec",
     "--test-reporter-destination=stdout",
-    // names the tests that were running when a file timed out (the spec reporter names only the file)
-    `--test-reporter=${fileURLToPath(new URL("./hang-reporter.mjs", import.meta.url))}`,
-    "--test-reporter-destination=stderr",
-    // ends the run with the slowest files and their times (where CI's minutes go)
-    `--test-reporter=${fileURLToPath(new URL("./timing-reporter.mjs", import.meta.url))}`,
+    // names the tests that were running when a file timed out (the spec reporter names only the
+    // file), on stderr; ends the run with the slowest files and their times (where CI's minutes go).
+    // One reporter for both: a third one made node warn (MaxListenersExceededWarning, run-reporter.mjs).
+    `--test-reporter=${fileURLToPath(new URL("./run-reporter.mjs", import.meta.url))}`,
     "--test-reporter-destination=stdout",
     `--test-concurrency=${concurrency}`,
     // No --test-force-exit: a file's process then exits before its last test reports reach the

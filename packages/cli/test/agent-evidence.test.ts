@@ -3,11 +3,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { KernelClient } from "@kpip/client";
-import { Kernel } from "@kpip/kernel";
-import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker, until } from "@kpip/protocol/testing";
-import { connectAdmin, DISPATCH } from "./run.js";
+import { evidenceKernel } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
 // The investigator's side of an agent's life: what its token allowed, and what ended it.
 const cli = new CommandWorker(DISPATCH);
@@ -29,22 +27,13 @@ interface Node {
  * A kernel (no sandbox: the agent is `sleep`) where eve spawns an agent, then the admin revokes
  * eve's token, which kills the agent; stopped, the home is read by `kpip audit tokens` alone.
  */
-async function stage(home: string) {
-  const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
-  await k.start();
-  const clients: KernelClient[] = [];
-  try {
-    const admin = await connectAdmin(home);
-    clients.push(admin);
-    const eve = generateIdentity("eve");
-    await admin.personas.register("eve", eve.publicKey);
-    const et = await admin.tokens.mint("eve", {
-      rights: [{ ops: ["storage.*", "agent.*"], targets: ["obj://eve/**", "agent://**"] }],
-      limits: { "storage.bytes": 4096 },
-      ttlMs: 3_600_000,
-    });
-    const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [et.token], reconnect: false });
-    clients.push(asEve);
+function stage(home: string) {
+  return evidenceKernel(home, async ({ k, admin, as }) => {
+    const { client: asEve, token: et } = await as(
+      "eve",
+      [{ ops: ["storage.*", "agent.*"], targets: ["obj://eve/**", "agent://**"] }],
+      { limits: { "storage.bytes": 4096 }, ttlMs: 3_600_000 },
+    );
     const spawned = await asEve.agents.spawn("sleep", "w1", {
       args: ["600"],
       rights: [{ ops: ["storage.write"], targets: ["obj://eve/a/**"] }],
@@ -53,10 +42,7 @@ async function stage(home: string) {
     await admin.tokens.revoke(et.id);
     await until(() => k.inspect.queryAudit({ op: "agent.exited", limit: 1 })[0], 30_000, "the agent's end");
     return { eveToken: et.id, agentToken: spawned.token };
-  } finally {
-    for (const c of clients) await c.close().catch(() => {});
-    await k.stop();
-  }
+  });
 }
 
 describe("an agent's token in the evidence", () => {

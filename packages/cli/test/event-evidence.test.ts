@@ -3,11 +3,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { KernelClient } from "@kpip/client";
-import { Kernel } from "@kpip/kernel";
-import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
-import { connectAdmin, DISPATCH } from "./run.js";
+import { evidenceKernel } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
 // An event's effect is its delivery: did what a hostile persona emitted reach anyone?
 const cli = new CommandWorker(DISPATCH);
@@ -17,29 +15,14 @@ describe("an emitted event in the evidence", () => {
   it("event.emit's outcome names how many subscriptions the event reached, as its answer did", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-event-evidence-"));
     try {
-      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
-      await k.start();
-      const clients: KernelClient[] = [];
-      try {
-        const admin = await connectAdmin(home);
-        clients.push(admin);
-        const eve = generateIdentity("eve");
-        await admin.personas.register("eve", eve.publicKey);
-        const et = await admin.tokens.mint("eve", {
-          rights: [{ ops: ["event.emit"], targets: ["topic://shared/**"] }],
-          ttlMs: 600_000,
-        });
-        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [et.token], reconnect: false });
-        clients.push(asEve);
+      await evidenceKernel(home, async ({ admin, as }) => {
+        const { client: asEve } = await as("eve", [{ ops: ["event.emit"], targets: ["topic://shared/**"] }]);
         // The admin listens on one topic, twice; nobody on the other.
         await admin.events.subscribe("topic://shared/alerts");
         await admin.events.subscribe("topic://shared/**");
         assert.equal((await asEve.events.emit("topic://shared/alerts", { injected: true })).subscribers, 2);
         assert.equal((await asEve.events.emit("topic://shared/quiet", 1)).subscribers, 1);
-      } finally {
-        for (const c of clients) await c.close().catch(() => {});
-        await k.stop();
-      }
+      });
       const r = await cli.run(["audit", "timeline", "--json", "--op", "event.emit", "--persona", "eve", "--home", home]);
       assert.equal(r.code, 0, r.err);
       const rows = r.out
@@ -64,37 +47,27 @@ describe("an emitted event in the evidence", () => {
     const sessions: Record<string, string> = {};
     try {
       // The kernel's clock, moved forward to expire a grant (never a wait).
-      const k = new Kernel({ home, logLevel: "silent", sandbox: "none", clock: () => Date.now() + ahead });
-      await k.start();
-      const clients: KernelClient[] = [];
-      try {
-        const admin = await connectAdmin(home);
-        clients.push(admin);
-        const as = async (name: string, allow: string, ttlMs: number) => {
-          const id = generateIdentity(name);
-          await admin.personas.register(name, id.publicKey);
-          const t = await admin.tokens.mint(name, { rights: [{ ops: [allow], targets: ["topic://shared/**"] }], ttlMs });
-          const c = await KernelClient.connect({ socket: k.socketPath, identity: id, tokens: [t.token], reconnect: false });
-          clients.push(c);
-          return c;
-        };
-        const eve = await as("eve", "event.emit", 3_600_000);
-        const bob = await as("bob", "event.subscribe", 3_600_000);
-        const carol = await as("carol", "event.subscribe", 60_000);
-        const dave = await as("dave", "event.subscribe", 3_600_000);
-        // bob listens twice on one session (one recipient), carol on a grant that expires, dave elsewhere.
-        await bob.events.subscribe("topic://shared/**");
-        await bob.events.subscribe("topic://shared/out");
-        await carol.events.subscribe("topic://shared/out");
-        await dave.events.subscribe("topic://shared/other");
-        assert.equal((await eve.events.emit("topic://shared/out", { leak: 1 })).subscribers, 3);
-        // carol's grant expires: her subscription ends at the next event, with no record of its own.
-        ahead = 120_000;
-        assert.equal((await eve.events.emit("topic://shared/out", { leak: 2 })).subscribers, 2);
-      } finally {
-        for (const c of clients) await c.close().catch(() => {});
-        await k.stop();
-      }
+      await evidenceKernel(
+        home,
+        async ({ as: asPersona }) => {
+          const as = async (name: string, allow: string, ttlMs: number) =>
+            (await asPersona(name, [{ ops: [allow], targets: ["topic://shared/**"] }], { ttlMs })).client;
+          const eve = await as("eve", "event.emit", 3_600_000);
+          const bob = await as("bob", "event.subscribe", 3_600_000);
+          const carol = await as("carol", "event.subscribe", 60_000);
+          const dave = await as("dave", "event.subscribe", 3_600_000);
+          // bob listens twice on one session (one recipient), carol on a grant that expires, dave elsewhere.
+          await bob.events.subscribe("topic://shared/**");
+          await bob.events.subscribe("topic://shared/out");
+          await carol.events.subscribe("topic://shared/out");
+          await dave.events.subscribe("topic://shared/other");
+          assert.equal((await eve.events.emit("topic://shared/out", { leak: 1 })).subscribers, 3);
+          // carol's grant expires: her subscription ends at the next event, with no record of its own.
+          ahead = 120_000;
+          assert.equal((await eve.events.emit("topic://shared/out", { leak: 2 })).subscribers, 2);
+        },
+        { clock: () => Date.now() + ahead },
+      );
       const opens = await cli.run(["audit", "timeline", "--json", "--op", "session.open", "--home", home]);
       for (const l of opens.out.trim().split("\n")) {
         const o = JSON.parse(l) as { persona: string; session: string };

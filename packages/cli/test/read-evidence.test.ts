@@ -4,11 +4,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { KernelClient } from "@kpip/client";
-import { Kernel } from "@kpip/kernel";
-import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
-import { connectAdmin, DISPATCH } from "./run.js";
+import { evidenceKernel } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
 // What did a hostile persona read, once the objects are overwritten and deleted? The read's
 // record names the version it returned, not only the address.
@@ -24,30 +22,15 @@ describe("what a persona read, in the evidence", () => {
     const secret1 = Buffer.from("the first secret");
     const secret2 = Buffer.alloc(200_000, 7);
     try {
-      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
-      await k.start();
-      const clients: KernelClient[] = [];
-      try {
-        const admin = await connectAdmin(home);
-        clients.push(admin);
-        const eve = generateIdentity("eve");
-        await admin.personas.register("eve", eve.publicKey);
-        const et = await admin.tokens.mint("eve", {
-          rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }],
-          ttlMs: 600_000,
-        });
-        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [et.token], reconnect: false });
-        clients.push(asEve);
+      await evidenceKernel(home, async ({ admin, as }) => {
+        const { client: asEve } = await as("eve", [{ ops: ["storage.read"], targets: ["obj://ws/**"] }]);
         await admin.storage.write("obj://ws/doc", secret1);
         await asEve.storage.read("obj://ws/doc");
         await admin.storage.write("obj://ws/doc", secret2);
         await asEve.storage.readRange("obj://ws/doc", 10, 100);
         // The evidence goes: the object is deleted, its body with it.
         await admin.storage.delete("obj://ws/doc");
-      } finally {
-        for (const c of clients) await c.close().catch(() => {});
-        await k.stop();
-      }
+      });
       const r = await cli.run(["audit", "timeline", "--json", "--op", "storage.read", "--persona", "eve", "--home", home]);
       assert.equal(r.code, 0, r.err);
       const rows = r.out

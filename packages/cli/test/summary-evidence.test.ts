@@ -3,12 +3,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { KernelClient } from "@kpip/client";
-import { Kernel } from "@kpip/kernel";
-import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import { scopeOf } from "../src/audit/summary.js";
-import { connectAdmin, DISPATCH } from "./run.js";
+import { evidenceKernel } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
 // A persona hides one act in a flood of its own requests, none refused (so nothing is aggregated):
 // the investigator who does not know what to look for needs the rare act to stand out.
@@ -26,34 +24,19 @@ describe("a flood in the evidence", () => {
   it("audit timeline --summary counts a persona's rows by op, outcome and scope, rarest first, so one read hidden in a flood of writes is at the top", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-summary-evidence-"));
     try {
-      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
-      await k.start();
-      const clients: KernelClient[] = [];
-      try {
-        const admin = await connectAdmin(home);
-        clients.push(admin);
-        const eve = generateIdentity("eve");
-        await admin.personas.register("eve", eve.publicKey);
+      await evidenceKernel(home, async ({ admin, as }) => {
         await admin.storage.write("obj://bobws/secret", new TextEncoder().encode("payroll"));
-        const t = await admin.tokens.mint("eve", {
-          rights: [
-            { ops: ["storage.*"], targets: ["obj://evews/**"] },
-            { ops: ["storage.read"], targets: ["obj://bobws/**"] },
-          ],
-          ttlMs: 600_000,
-        });
-        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [t.token], reconnect: false });
-        clients.push(asEve);
+        const { client: asEve } = await as("eve", [
+          { ops: ["storage.*"], targets: ["obj://evews/**"] },
+          { ops: ["storage.read"], targets: ["obj://bobws/**"] },
+        ]);
         const flood: Promise<unknown>[] = [];
         for (let i = 0; i < 300; i++) {
           flood.push(asEve.storage.write(`obj://evews/noise/${i % 50}`, new Uint8Array([i & 255])));
           if (i === 150) flood.push(asEve.storage.read("obj://bobws/secret"));
         }
         await Promise.all(flood);
-      } finally {
-        for (const c of clients) await c.close().catch(() => {});
-        await k.stop();
-      }
+      });
       const r = await cli.run(["audit", "timeline", "--summary", "--json", "--persona", "eve", "--home", home]);
       assert.equal(r.code, 0, r.err);
       const groups = json(r.out) as { op: string; outcome: string; scope: string; count: number; firstSeq: number }[];
@@ -88,39 +71,23 @@ describe("a flood in the evidence", () => {
     const floods = 200;
     try {
       // Every refusal on the record (the default rates aggregate past 100 a second, over time the same).
-      const k = new Kernel({
+      const refusals = { auditRefusalRate: 10_000, auditRefusalPersonaRate: 10_000 };
+      await evidenceKernel(
         home,
-        logLevel: "silent",
-        sandbox: "none",
-        auditRefusalRate: 10_000,
-        auditRefusalPersonaRate: 10_000,
-      });
-      await k.start();
-      const clients: KernelClient[] = [];
-      try {
-        const admin = await connectAdmin(home);
-        clients.push(admin);
-        const eve = generateIdentity("eve");
-        await admin.personas.register("eve", eve.publicKey);
-        await admin.storage.write("obj://bobws/secret", new TextEncoder().encode("payroll"));
-        const t = await admin.tokens.mint("eve", {
-          rights: [{ ops: ["storage.read"], targets: ["obj://bobws/**"] }],
-          ttlMs: 600_000,
-        });
-        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [t.token], reconnect: false });
-        clients.push(asEve);
-        // A topic's name is hers to choose, up to the target's 2 KiB: each refusal a scope of its own.
-        const flood: Promise<unknown>[] = [];
-        for (let i = 0; i < floods; i++)
-          flood.push(asEve.call("event.emit", `topic://${String(i).padStart(1900, "x")}`, { data: 1 }).catch((e) => e));
-        // An unknown op is refused SEMANTIC and recorded by the name it was sent with, hers too.
-        for (let i = 0; i < 300; i++) flood.push(asEve.call(`zz${"q".repeat(90)}.a${i}`, "kernel://").catch((e) => e));
-        await Promise.all(flood);
-        await asEve.storage.read("obj://bobws/secret");
-      } finally {
-        for (const c of clients) await c.close().catch(() => {});
-        await k.stop();
-      }
+        async ({ admin, as }) => {
+          await admin.storage.write("obj://bobws/secret", new TextEncoder().encode("payroll"));
+          const { client: asEve } = await as("eve", [{ ops: ["storage.read"], targets: ["obj://bobws/**"] }]);
+          // A topic's name is hers to choose, up to the target's 2 KiB: each refusal a scope of its own.
+          const flood: Promise<unknown>[] = [];
+          for (let i = 0; i < floods; i++)
+            flood.push(asEve.call("event.emit", `topic://${String(i).padStart(1900, "x")}`, { data: 1 }).catch((e) => e));
+          // An unknown op is refused SEMANTIC and recorded by the name it was sent with, hers too.
+          for (let i = 0; i < 300; i++) flood.push(asEve.call(`zz${"q".repeat(90)}.a${i}`, "kernel://").catch((e) => e));
+          await Promise.all(flood);
+          await asEve.storage.read("obj://bobws/secret");
+        },
+        refusals,
+      );
       const r = await cli.run([
         "audit",
         "timeline",

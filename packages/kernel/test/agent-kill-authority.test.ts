@@ -5,10 +5,10 @@ import { type KernelClient, KpipError } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
 import { TokenService } from "../src/auth/tokens.js";
 import { BlobStore } from "../src/store/blobs.js";
+import { allocatingAgent, sigkillHolder } from "./agent-kill-kit.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.mjs", import.meta.url));
-const TREE_AGENT = fileURLToPath(new URL("../../test/fixtures/tree-agent.mjs", import.meta.url));
 
 /** The credentials the leaking agent prints on its stdout once it runs. */
 function handedOut(c: KernelClient, agent: string): Promise<{ identity: string; token: string }> {
@@ -32,14 +32,9 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
     skip: sandboxSkip,
   }, async () => {
     const t = await startKernel();
-    const kill = process.kill;
     const put = BlobStore.prototype.put;
     // A process slow to die: the SIGKILLs are held until the test lets them through.
-    const held: (() => void)[] = [];
-    const release = () => {
-      process.kill = kill;
-      for (const h of held.splice(0)) h();
-    };
+    const { held, hold, release } = sigkillHolder();
     try {
       const gil = await t.persona("gil", [
         { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
@@ -56,17 +51,7 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
       const identity = parseIdentity(boot.identity);
       const other = await t.connect(identity, [boot.token]);
       await other.storage.write("obj://ws/before", "x");
-      process.kill = ((pid: number, sig?: string | number) => {
-        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
-        held.push(() => {
-          try {
-            kill.call(process, pid, sig);
-          } catch {
-            // already gone
-          }
-        });
-        return true;
-      }) as typeof process.kill;
+      hold();
       // The kill is answered while the agent's write is in flight (its body going to the file store).
       let killed: Promise<boolean> | undefined;
       BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
@@ -218,49 +203,14 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
     skip: sandboxSkip,
   }, async () => {
     const t = await startKernel();
-    const kill = process.kill;
-    const held: (() => void)[] = [];
-    const release = () => {
-      process.kill = kill;
-      for (const h of held.splice(0)) h();
-    };
+    const { held, hold, release } = sigkillHolder();
     try {
-      const alloc = { ops: ["resource.alloc", "resource.query", "resource.free"], targets: ["persona://ann/**"] };
-      const ann = await t.persona("ann", [alloc, { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] }], {
-        limits: { gpu: 2 },
-      });
-      const c = await t.connect(ann.identity, [ann.token]);
-      const usage = async () => ((await c.call("resource.query", "persona://ann")).payload as { usage: object }).usage;
       // The agent takes its spawner's whole allowance and keeps the allocation's id to itself.
-      const steps = [{ call: "resource.alloc", target: "persona://ann/agent.g1", args: { resource: "gpu", amount: 2 } }];
-      const a = await c.agents.spawn("node", "g1", {
-        args: [TREE_AGENT, JSON.stringify(steps)],
-        rights: [alloc],
-        lifetimeMs: 120_000,
-      });
-      const agent = a.agent as string;
-      const report = await until(
-        async () => {
-          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
-          return out.includes("\n") ? (JSON.parse(out) as { results: unknown[] }) : undefined;
-        },
-        60_000,
-        "the agent's report",
-      );
-      assert.deepEqual(report.results, ["ok"]);
+      const { c, a, agent, report, usage } = await allocatingAgent(t, "g1");
+      assert.deepEqual((JSON.parse(report) as { results: unknown[] }).results, ["ok"]);
       assert.deepEqual(await usage(), { gpu: 2 });
       // Its process slow to die: the SIGKILLs are held until the test lets them through.
-      process.kill = ((pid: number, sig?: string | number) => {
-        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
-        held.push(() => {
-          try {
-            kill.call(process, pid, sig);
-          } catch {
-            // already gone
-          }
-        });
-        return true;
-      }) as typeof process.kill;
+      hold();
       assert.equal(await c.agents.kill(agent), true);
       assert.ok(held.length > 0, "the agent's process has not been killed yet");
       assert.equal((await c.agents.status(agent)).state, "running", "its process has not closed");
@@ -293,27 +243,7 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
   }, async () => {
     const t = await startKernel();
     try {
-      const alloc = { ops: ["resource.alloc", "resource.query", "resource.free"], targets: ["persona://ann/**"] };
-      const ann = await t.persona("ann", [alloc, { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] }], {
-        limits: { gpu: 2 },
-      });
-      const c = await t.connect(ann.identity, [ann.token]);
-      const usage = async () => ((await c.call("resource.query", "persona://ann")).payload as { usage: object }).usage;
-      const steps = [{ call: "resource.alloc", target: "persona://ann/agent.g2", args: { resource: "gpu", amount: 2 } }];
-      const a = await c.agents.spawn("node", "g2", {
-        args: [TREE_AGENT, JSON.stringify(steps)],
-        rights: [alloc],
-        lifetimeMs: 120_000,
-      });
-      const agent = a.agent as string;
-      await until(
-        async () =>
-          Buffer.from((await c.agents.logs(agent)).stdout)
-            .toString()
-            .includes("\n") || undefined,
-        60_000,
-        "the agent's report",
-      );
+      const { ann, c, agent, usage } = await allocatingAgent(t, "g2");
       assert.deepEqual(await usage(), { gpu: 2 });
       // The record of the freeing refused (freeAllocations runs in a microtask: a throw there was
       // an uncaught exception, which ends the kernel's process).

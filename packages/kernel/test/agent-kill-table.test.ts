@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
 import { HOME_FILES, removePersonaTree, SqliteStore } from "../src/index.js";
+import { sigkillHolder } from "./agent-kill-kit.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 // The process table's kill (the expulsion's: processes a removed persona started) killed an agent
@@ -15,13 +16,8 @@ describe("an agent killed through the process table", () => {
     skip: sandboxSkip,
   }, async () => {
     const t = await startKernel();
-    const kill = process.kill;
     // A process slow to die: the SIGKILLs are held until the test lets them through.
-    const held: (() => void)[] = [];
-    const release = () => {
-      process.kill = kill;
-      for (const h of held.splice(0)) h();
-    };
+    const { held, hold, release } = sigkillHolder();
     try {
       const gil = await t.persona("gil", [
         { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
@@ -51,17 +47,7 @@ describe("an agent killed through the process table", () => {
       } finally {
         db.close();
       }
-      process.kill = ((pid: number, sig?: string | number) => {
-        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
-        held.push(() => {
-          try {
-            kill.call(process, pid, sig);
-          } catch {
-            // already gone
-          }
-        });
-        return true;
-      }) as typeof process.kill;
+      hold();
       (t.k as unknown as { services: { applyOfflineChanges(): void } }).services.applyOfflineChanges();
       assert.ok(held.length > 0, "the agent was killed (its SIGKILL is held: its process has not closed)");
       const revoked = () =>

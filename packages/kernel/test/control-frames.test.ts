@@ -7,7 +7,7 @@ import { encodeMessage, type Message } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import { removeHome, startKernel, type TestKernel } from "./harness.js";
 import { seenNothing, slowFamily } from "./slow-family.js";
-import { auditRecord, RawPeer, requestFrame, sleep } from "./wire.js";
+import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
 /** 2,000 frames: four times the default burst (100 a second, 5×), in one write. */
 const FLOOD = 2000;
@@ -96,7 +96,10 @@ describe("control frames past the session's rate", () => {
     try {
       const c = await k.admin();
       // Idle for some heartbeats: each side PINGs every 50 ms, and the client answers the kernel's.
-      await sleep(1500);
+      // Thirty of the kernel's PINGs (by its count, however slowly this machine runs its ticks).
+      const sessions = (k.k as unknown as { services: { sessions: { sessions: Set<{ pingSeq: number }> } } }).services.sessions
+        .sessions;
+      await until(() => [...sessions].some((s) => s.pingSeq >= 30), 60_000, "thirty heartbeats");
       assert.equal((await c.system.health()).status, "ok");
       assert.ok(!k.k.inspect.queryAudit({ limit: 1000 }).some((r) => (r.message ?? "").startsWith("CONTROL_FLOOD")));
     } finally {

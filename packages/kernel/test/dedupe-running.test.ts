@@ -65,6 +65,8 @@ async function peer(t: TestKernel, id: string): Promise<RawPeer> {
   const p = await t.persona(id, RIGHTS);
   const raw = await RawPeer.connect(t.k.socketPath);
   await raw.handshake(p.identity, [p.token]);
+  // Its requests held while the test waits for others': quiet meanwhile, it must not be dropped as dead.
+  raw.answerPings();
   return raw;
 }
 
@@ -151,6 +153,7 @@ describe("dedupe: a running request is never forgotten (a real kernel, a small d
       assert.match(refused.message ?? "", /the last 1 of the dedupe memory's 16 \(dedupeMaxEntries\) are reserved for the admin/);
       // The admin persona runs one, though its tree has its share running (the admin is exempt from it).
       const admin = await RawPeer.admin(t);
+      admin.answerPings();
       admin.request(1, HOLD, { persona: "admin" });
       await until(() => h.runs === 16, 30_000, "the admin's running");
       // Past the whole bound, the admin is refused like anyone.

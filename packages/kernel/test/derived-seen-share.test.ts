@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, derivedTokenId, encodeToken } from "@kpip/protocol";
-import { withKernel } from "./harness.js";
+import { withTwoTrees } from "./two-trees.js";
 
 // The kernel remembers the tokens attenuated offline that it saw used this run (16,384 of them,
 // kernel-wide, the oldest forgotten first): a revocation's record lists those it ended (`ended`,
@@ -14,13 +14,9 @@ describe("bounded per persona tree: the derived tokens seen used", () => {
   it("one persona's fresh attenuations do not push another persona's derived tokens out of a revocation's record", async () => {
     // The kernel's clock moves only when the test moves it, a second per batch: eve keeps within
     // her tree's budget of new token bytes (16 × 8 KiB a second).
-    let now = Date.now();
-    await withKernel({ clock: () => now }, async (t) => {
-      const right = { ops: ["system.health"], targets: ["kernel://"] };
-      const bob = await t.persona("bob", [right]);
-      const eve = await t.persona("eve", [right]);
-      const b = await t.connect(bob.identity, [bob.token], { maxAttempts: 1 });
-      const e = await t.connect(eve.identity, [eve.token], { maxAttempts: 1 });
+    await withTwoTrees(async ({ t, bob, eve, tick }) => {
+      const b = bob.client;
+      const e = eve.client;
       // Two copies bob narrowed offline, each used once: the first is not used again.
       const first = attenuate(decodeToken(bob.token), { t: "targets", v: ["kernel://", "topic://first"] });
       const copy = attenuate(decodeToken(bob.token), { t: "targets", v: ["kernel://"] });
@@ -35,7 +31,7 @@ describe("bounded per persona tree: the derived tokens seen used", () => {
       // eve: more fresh offline copies of her own token than the kernel remembers, each allowed.
       const eveToken = decodeToken(eve.token);
       for (let batch = 0; batch < 17_000 / 250; batch++) {
-        now += 1000;
+        tick(1000);
         const calls = [];
         for (let i = 0; i < 250; i++) {
           const fresh = encodeToken(attenuate(eveToken, { t: "targets", v: ["kernel://", `topic://e/${batch}/${i}`] }));

@@ -143,6 +143,8 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     const peer = await RawPeer.connect(s.t.k.socketPath);
     try {
       await peer.handshake(id, [minted.token]);
+      // Quiet while its agent starts in the sandbox (seconds on a busy machine): it must not be dropped as dead.
+      peer.answerPings();
       // The agent shows what it was handed on fd 3 (its token), then waits to be killed.
       const spawnArgs = { args: ["-c", "cat <&3; exec sleep 300"], rights: [], lifetimeMs: 60_000 };
       peer.request(1, { op: "agent.spawn", target: "agent://sh/dw", args: spawnArgs }, { persona: "dom", domain: "d1" });

@@ -164,11 +164,14 @@ describe("the shared task workers serve one persona at a time", () => {
       // Its leftover, busy 90 ms of every 100 and yielding between, so its persona's next tasks still
       // run there; armed already, it starts within a period of the task's end, whatever this process's pace.
       writeFileSync(trap, "");
+      // The worker's idle time is judged from the armed task's end, which comes after this.
+      const submitted = performance.now();
       const armed = await mallory.compute.task("late-duty", { path: trap, busy: 90, period: 100 });
       assert.equal(await mallory.ops.wait(armed), "armed");
-      await until(() => existsSync(`${trap}.duty`));
-      // At least this long busy since, by the wall clock (the leftover's callbacks count as they run).
-      await new Promise((r) => setTimeout(r, 1000));
+      // Busy since past the rule's bounds (over half the time since the task's end, 250 ms at least),
+      // by what the leftover counts: a wait on it, not on this machine's pace.
+      const busyMs = () => (existsSync(`${trap}.duty`) ? Number(readFileSync(`${trap}.duty`, "utf8")) : 0);
+      await until(() => busyMs() >= 500 && busyMs() > 0.6 * (performance.now() - submitted));
       // Each task reset what its idle time was judged by: a task a tick kept it burning a core for ever.
       assert.notEqual(await mallory.ops.wait(await mallory.compute.task("thread")), first, "a new worker took the task");
       assert.equal(await endedWorkers(t, "spinning"), 1);

@@ -3,7 +3,8 @@ import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { attenuate, decodeToken, encodeToken } from "@kpip/protocol";
 import { CACHE_ENTRIES, VERIFIED_TOKENS_TREE_SHARE } from "../src/limits.js";
-import { klass, withKernel } from "./harness.js";
+import { klass } from "./harness.js";
+import { withTwoTrees } from "./two-trees.js";
 
 // The cache of verified tokens is kernel-wide and forgot its oldest entries first, whoever's they
 // were: a persona that attenuates its own token offline, within its tree's budget of new token
@@ -30,13 +31,9 @@ describe("bounded per persona tree: the cache of verified tokens", () => {
   it("one persona's fresh attenuations do not push another persona's verified tokens out of the cache", async () => {
     // The kernel's clock moves only when the test moves it: each tree's budget of new token bytes
     // (16 × maxTokenBytes a second, bursts 5×) is spent and refilled exactly as the test says.
-    let now = Date.now();
-    await withKernel({ clock: () => now }, async (t) => {
-      const right = { ops: ["system.health"], targets: ["kernel://"] };
-      const bob = await t.persona("bob", [right]);
-      const eve = await t.persona("eve", [right]);
-      const b = await t.connect(bob.identity, [bob.token], { maxAttempts: 1 });
-      const e = await t.connect(eve.identity, [eve.token], { maxAttempts: 1 });
+    await withTwoTrees(async ({ t, bob, eve, tick }) => {
+      const b = bob.client;
+      const e = eve.client;
       const burst = 5 * 16 * 8192;
       // bob's working set: larger than one burst of his budget, well within his share of the cache.
       const mine = Array.from({ length: 120 }, (_, i) => freshCopy(bob.token, "bob", i));
@@ -44,7 +41,7 @@ describe("bounded per persona tree: the cache of verified tokens", () => {
       assert.ok(mineBytes > burst, `${mineBytes} bytes`);
       assert.ok(mineBytes < CACHE_ENTRIES.verifiedTokenBytes / VERIFIED_TOKENS_TREE_SHARE, `${mineBytes} bytes`);
       for (const x of mine) {
-        now += 1000;
+        tick(1000);
         assert.equal(await healthWith(b, x), "SUCCESS");
       }
       // Used again at once, with no time to refill: every one is a verified token, and costs nothing.
@@ -53,7 +50,7 @@ describe("bounded per persona tree: the cache of verified tokens", () => {
       let sent = 0;
       for (let i = 0; sent < CACHE_ENTRIES.verifiedTokenBytes * 1.25; i++) {
         const x = freshCopy(eve.token, "eve", i);
-        now += 1000;
+        tick(1000);
         assert.equal(await healthWith(e, x), "SUCCESS");
         sent += x.length;
       }

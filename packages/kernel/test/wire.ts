@@ -103,6 +103,7 @@ export class RawPeer {
   private readonly decoder = new FrameDecoder();
   private helloBytes: Buffer | undefined;
   private keepalive: NodeJS.Timeout | undefined;
+  private pingsAnswered: (() => number) | undefined;
   version = 1;
 
   private constructor(readonly sock: net.Socket) {
@@ -218,9 +219,13 @@ export class RawPeer {
 
   /**
    * From now on answers each PING as it arrives with its PONG (taking it from `frames`), as a
-   * live client does; returns how many it has answered so far.
+   * live client does; returns how many it has answered so far (the same count at a second call).
+   * A peer that waits on the kernel without sending keeps its session so, however slow the
+   * machine: silent for three heartbeats (15 s by default) the kernel drops it as dead. Only for
+   * a peer that sends whole frames: a PONG is written between two of the peer's writes.
    */
   answerPings(): () => number {
+    if (this.pingsAnswered) return this.pingsAnswered;
     let answered = 0;
     // Added after the constructor's listener: this chunk's frames are decoded by then.
     this.sock.on("data", () => {
@@ -233,7 +238,8 @@ export class RawPeer {
         }
       }
     });
-    return () => answered;
+    this.pingsAnswered = () => answered;
+    return this.pingsAnswered;
   }
 
   /**
@@ -255,10 +261,15 @@ export class RawPeer {
   }
 }
 
-/** A kernel started with `opts` and an admin {@link RawPeer} on it: a raw-socket suite's `before`. */
+/**
+ * A kernel started with `opts` and an admin {@link RawPeer} on it: a raw-socket suite's `before`.
+ * The peer answers PINGs: it lives the whole suite, quiet while tests that use other clients run.
+ */
 export async function rawPeerKernel(opts: KernelOptions = {}): Promise<{ t: TestKernel; p: RawPeer }> {
   const t = await startKernel(opts);
-  return { t, p: await RawPeer.admin(t) };
+  const p = await RawPeer.admin(t);
+  p.answerPings();
+  return { t, p };
 }
 
 /** The peer closed, the kernel stopped and its home removed: a raw-socket suite's `after`. */
