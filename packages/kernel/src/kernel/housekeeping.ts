@@ -62,6 +62,7 @@ export function startHousekeeping(
     // retirement is made in the key file, without the kernel: it is seen here, at most a tick late).
     s.compute.cancelRetired((g) => s.enforcer.keyRetired(g));
     s.agents.killRetired((k) => s.enforcer.kidRetired(k.kid));
+    s.uploads.dropRetired((g) => s.enforcer.keyRetired(g));
     // A task's leftover spinning in an idle worker kept warm for its persona: ended, not left burning a core.
     s.compute.endSpinningIdle(now);
     // An idle worker holds what its persona's tasks left in its heap: given back once no task came for computeIdleWorkerMs.

@@ -49,17 +49,45 @@ export function removePersonaTree(
   store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
   id: string,
   revoke: (tokenIds: string[]) => void,
+  /** The persona asking (none: the operator): it and the personas above it are never removed with `id`. */
+  actor?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  const removed = personasUnder(store, id).map((p) => p.id);
+  const roots = registeredTrees(store, id, actor);
+  const removed = roots.flatMap((r) => personasUnder(store, r).map((p) => p.id));
   for (const p of removed) store.removePersona(p);
-  const tokens = store.unrevokedTokensOfTree(id);
+  const tokens = [...new Set(roots.flatMap((r) => store.unrevokedTokensOfTree(r)))];
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
-  // Its ops' results, its agents' output and its token list are not a later registration's: the
-  // tokens pass to the nearest persona above it still registered (one registered later sees none).
-  store.disownWork(id);
-  store.disownTokens(id, registeredAbove(store, id));
-  return { removed, tokensRevoked: tokens.length, allocationsFreed: releaseAllocationsWithin(store, id) };
+  let allocationsFreed = 0;
+  for (const r of roots) {
+    // Its ops' results, its agents' output and its token list are not a later registration's: the
+    // tokens pass to the nearest persona above it still registered (one registered later sees none).
+    store.disownWork(r);
+    store.disownTokens(r, registeredAbove(store, r));
+    allocationsFreed += releaseAllocationsWithin(store, r);
+  }
+  return { removed, tokensRevoked: tokens.length, allocationsFreed };
+}
+
+/**
+ * `id`, then every persona a persona of the trees found so far registered outside them — a
+ * persona registers anywhere under the top of its tree, beside itself too, with a key its holder
+ * keeps: left registered, that holder would attest as it after the removal and act on under any
+ * token its tree's top holds (usable by the personas under it). Never `actor` or a persona above
+ * it. Bounded: a tree registers at most maxRegisteredPersonas.
+ */
+function registeredTrees(store: PersonaStore, id: string, actor: string | undefined): string[] {
+  const roots = [id];
+  const covered = (p: string) => roots.some((r) => personaWithin(p, r));
+  const visit = personasUnder(store, id).map((p) => p.id);
+  for (let p = visit.pop(); p !== undefined; p = visit.pop()) {
+    for (const r of store.registeredBy(p)) {
+      if (covered(r) || (actor !== undefined && personaWithin(actor, r))) continue;
+      roots.push(r);
+      visit.push(...personasUnder(store, r).map((q) => q.id));
+    }
+  }
+  return roots;
 }
 
 function personaTarget(ctx: OpContext): string {
@@ -161,10 +189,15 @@ export function personaFamily(
           // Removed with the request's dedupe record: a retry after a crash is not "not registered".
           // Sessions and agents it ends stay ended if that commit fails: the safe side.
           return ctx.atomically((): OpResult => {
-            const r = removePersonaTree(store, id, (tokens) => {
-              ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
-              revoked.push(...tokens);
-            });
+            const r = removePersonaTree(
+              store,
+              id,
+              (tokens) => {
+                ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
+                revoked.push(...tokens);
+              },
+              ctx.persona,
+            );
             const sessionsEnded = host.registryChanged();
             return {
               status: "SUCCESS",

@@ -94,7 +94,7 @@ const UNHASHED_CHUNKS = 64;
  * an idle upload expires and its partial file is removed.
  */
 /** Why the kernel ended an upload its persona neither committed nor aborted. */
-export type UploadEnd = "idle" | "revoked" | "persona removed" | "kernel stopped";
+export type UploadEnd = "idle" | "revoked" | "key retired" | "persona removed" | "kernel stopped";
 
 export class UploadTable {
   private readonly byId = new Map<string, Upload>();
@@ -455,6 +455,15 @@ export class UploadTable {
    */
   dropRevoked(isRevoked: (g: Grant) => boolean): number {
     return this.dropWhere((u) => u.grant !== undefined && isRevoked(u.grant), "revoked");
+  }
+
+  /**
+   * Like {@link dropRevoked}, for a grant whose token's root key was retired (`kpip token
+   * retire-key`): its chunks are refused, and no other token of its persona may commit the bytes
+   * sent under a key no longer trusted, nor may they hold the tree's place until they expire idle.
+   */
+  dropRetired(retired: (g: Grant) => boolean): number {
+    return this.dropWhere((u) => u.grant !== undefined && retired(u.grant), "key retired");
   }
 
   /**

@@ -24,6 +24,8 @@ export interface PersonaStore {
    * not registered.
    */
   registrarOf(id: string): string | null | undefined;
+  /** The personas `id` registered (persona.register by `id` itself), in id order. */
+  registeredBy(id: string): string[];
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
   /**

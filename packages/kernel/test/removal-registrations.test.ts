@@ -1,0 +1,78 @@
+// What a removed persona registered outside its own subtree, where its holder keeps the key (red team, wt-red59).
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { generateIdentity } from "@kpip/protocol";
+import { klass, removeHome, startKernel } from "./harness.js";
+
+const outcome = (p: Promise<unknown>) =>
+  p.then(
+    () => "ok",
+    (e: { errorClass?: string }) => e.errorClass ?? String(e),
+  );
+
+describe("a persona's removal reaches the personas it registered", () => {
+  it("a removed sub-persona's holder keeps no identity it registered beside itself: the sibling goes with it, and its parent's token no longer works for them", async () => {
+    const t = await startKernel();
+    try {
+      // team's token, which its sub-personas may use (a token is usable by its subject's sub-personas).
+      const team = await t.persona("team", [
+        { ops: ["persona.register", "persona.remove"], targets: ["persona://team/**"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+      ]);
+      const alice = await t.persona("team/alice", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const owner = await t.connect(team.identity, [team.token]);
+      const a = await t.connect(alice.identity, [team.token]);
+      // alice, acting under team's token, registers a sibling with a key she holds.
+      const spare = generateIdentity("team/spare");
+      await a.personas.register("team/spare", spare.publicKey);
+      // A persona registered beside alice by someone else (the owner) is not hers.
+      const other = generateIdentity("team/other");
+      await owner.personas.register("team/other", other.publicKey);
+
+      // A session her holder opened as the sibling beforehand.
+      const early = await t.connect(spare, [team.token], { reconnect: false });
+      await early.storage.write("obj://ws/early", "1");
+
+      const removed = await owner.personas.remove("team/alice");
+      assert.deepEqual([...removed.alsoRemoved].sort(), ["team/spare"], "what alice registered goes with her");
+      await assert.rejects(early.storage.write("obj://ws/early", "2"));
+      // Her holder cannot come back as the sibling and go on under team's token.
+      assert.notEqual(await outcome(t.connect(spare, [team.token], { reconnect: false })), "ok");
+      // The owner's own registration, and the owner, stay.
+      const o = await t.connect(other, [team.token]);
+      await o.storage.write("obj://ws/x", "1");
+      await assert.rejects(owner.personas.remove("team/spare"), klass("SEMANTIC", "not registered"));
+      // The removal's record names the sibling among the personas removed.
+      const rec = t.k.inspect
+        .queryAudit({ op: "persona.remove", limit: 10 })
+        .find((r) => r.phase === "outcome" && r.target === "persona://team/alice");
+      assert.deepEqual(((JSON.parse(rec?.detail ?? "{}") as { removed?: string[] }).removed ?? []).sort(), [
+        "team/alice",
+        "team/spare",
+      ]);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("the persona removing is never removed with what the removed one registered: the remover stays, what she registered under it goes", async () => {
+    const t = await startKernel();
+    try {
+      const team = await t.persona("team", [{ ops: ["persona.register", "persona.remove"], targets: ["persona://team/**"] }]);
+      const alice = await t.persona("team/alice", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const a = await t.connect(alice.identity, [team.token]);
+      const lead = generateIdentity("team/lead");
+      await a.personas.register("team/lead", lead.publicKey);
+      await a.personas.register("team/lead/aide", generateIdentity("team/lead/aide").publicKey);
+      const l = await t.connect(lead, [team.token]);
+      const removed = await l.personas.remove("team/alice");
+      // The remover stays (it cannot remove itself); what alice registered under it goes.
+      assert.deepEqual(removed.alsoRemoved, ["team/lead/aide"]);
+      assert.equal(await outcome(l.personas.register("team/lead/aide", generateIdentity("team/lead/aide").publicKey)), "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
