@@ -42,8 +42,9 @@ const ROOTS_KEPT = 10_000;
  * prefix (not registered; an older home's sub-persona registered outside its tree) falls back
  * to the first segment of its id.
  *
- * Found from the registry once per persona and cached (no read on the request path); any change
- * of the registry ({@link changed}: the kernel hooks it to the store's onRegistryChange) clears the cache.
+ * Found from the registry once per persona and cached (no read on the request path); a change of
+ * the registry ({@link changed}: the kernel hooks it to the store's onRegistryChange) drops the
+ * roots of the personas at or under the changed id.
  */
 export class PersonaRoots {
   private readonly cache = new Map<string, string>();
@@ -64,13 +65,22 @@ export class PersonaRoots {
   }
 
   /**
-   * The registry changed (persona `id` added or removed; undefined: anything, made offline): roots
-   * are found again. An agent persona's key moves no root ({@link find} stops at an agent segment),
-   * so agents coming and going keep the cache.
+   * The registry changed (persona `id` added or removed; undefined: anything, made offline): the
+   * roots that may have moved are found again. A root is found from the registrations of its
+   * persona's own id and the ids above it only, so only personas at or under `id` go: any persona
+   * may register and remove sub-personas in its tree, and each of its changes cleared every
+   * tree's roots (a registry read per level for every other persona's next request). An agent
+   * persona's key moves no root ({@link find} stops at an agent segment), so agents coming and
+   * going keep the cache.
    */
   changed(id?: string): void {
-    if (id !== undefined && isAgentPersona(id)) return;
-    this.cache.clear();
+    if (id === undefined) {
+      this.cache.clear();
+      return;
+    }
+    if (isAgentPersona(id)) return;
+    // At most ROOTS_KEPT ids, each a prefix test: less than the registry write that told of the change.
+    for (const p of this.cache.keys()) if (inTree(p, id)) this.cache.delete(p);
   }
 
   private find(persona: string): string {
