@@ -124,6 +124,17 @@ describe("PersonaRoots and one tree's registry changes", () => {
       assert.deepEqual(asked.sort(), ["team", "team"], "only the two personas under team were looked up, once each");
       assert.equal(store.removePersona("team"), true);
       assert.equal(roots.of("team/carol"), "team/carol", "the removal: found again");
+      // What a change drops goes from the index by id too: nothing of it is kept.
+      const under = (roots as unknown as { under: Map<string, Set<string>> }).under;
+      for (const p of [...under.keys()].filter((p) => p !== "team" && !p.startsWith("team/"))) roots.changed(p);
+      store.addPersona("team/x", key);
+      store.removePersona("team/x");
+      assert.ok(
+        [...under.keys()].every((p) => p === "team" || p.startsWith("team/")),
+        [...under.keys()].join(),
+      );
+      store.addPersona("team", key);
+      assert.equal(under.size, 0, [...under.keys()].join());
     } finally {
       store.close();
       removeHome(dir);

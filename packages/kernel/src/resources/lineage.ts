@@ -54,14 +54,34 @@ export class PersonaRoots {
     private readonly admin: string,
   ) {}
 
+  /**
+   * The cached personas by each id at or above them (themselves included): what a change of that
+   * id drops, found without a pass over the whole cache — a tree's removal tells each of its
+   * personas' removal, up to maxRegisteredPersonas (more for the admin's) in one turn.
+   */
+  private readonly under = new Map<string, Set<string>>();
+
   of(persona: string): string {
     let r = this.cache.get(persona);
     if (r === undefined) {
       r = this.find(persona);
-      if (this.cache.size >= ROOTS_KEPT) this.cache.clear();
+      if (this.cache.size >= ROOTS_KEPT) this.clear();
       this.cache.set(persona, r);
+      forEachInLineage(persona, (p) => {
+        let s = this.under.get(p);
+        if (s === undefined) {
+          s = new Set();
+          this.under.set(p, s);
+        }
+        s.add(persona);
+      });
     }
     return r;
+  }
+
+  private clear(): void {
+    this.cache.clear();
+    this.under.clear();
   }
 
   /**
@@ -75,12 +95,22 @@ export class PersonaRoots {
    */
   changed(id?: string): void {
     if (id === undefined) {
-      this.cache.clear();
+      this.clear();
       return;
     }
     if (isAgentPersona(id)) return;
-    // At most ROOTS_KEPT ids, each a prefix test: less than the registry write that told of the change.
-    for (const p of this.cache.keys()) if (inTree(p, id)) this.cache.delete(p);
+    const gone = this.under.get(id);
+    if (gone === undefined) return;
+    this.under.delete(id);
+    for (const p of gone) {
+      this.cache.delete(p);
+      forEachInLineage(p, (q) => {
+        const s = this.under.get(q);
+        if (s === undefined) return;
+        s.delete(p);
+        if (s.size === 0) this.under.delete(q);
+      });
+    }
   }
 
   private find(persona: string): string {
