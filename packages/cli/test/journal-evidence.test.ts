@@ -6,6 +6,7 @@ import { after, describe, it } from "node:test";
 import { Kernel } from "@kpip/kernel";
 import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
+import Database from "better-sqlite3";
 import { connectAdmin, DISPATCH } from "./run.js";
 
 // The CLI changes a stopped kernel's home through its offline journal, which the next start moves
@@ -78,6 +79,40 @@ describe("changes waiting in the offline journal", () => {
       } finally {
         rmSync(join(home, "..", `${home.split("/").pop()}-m.id`), { force: true });
       }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+  it("a journal row whose id is not an integer (the table made again by whoever tampered with it) is named as such, never as journal NaN", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-journal-tampered-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      await k.stop();
+      const add = await cli.run(["persona", "create", "mallory", "--out", join(home, "m.id"), "--home", home]);
+      assert.equal(add.code, 0, add.err);
+      const db = new Database(join(home, "kernel.db"));
+      db.exec(`CREATE TABLE j2 (id, time, actor, op, target, message);
+        INSERT INTO j2 SELECT 'forged', time, actor, op, target, message FROM offline_journal;
+        INSERT INTO j2 SELECT 2.5, time, actor, op, target, message FROM offline_journal;
+        DROP TABLE offline_journal; ALTER TABLE j2 RENAME TO offline_journal;`);
+      db.close();
+      const r = await cli.run(["audit", "timeline", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      assert.doesNotMatch(r.err, /NaN|journal 2\.5/);
+      const lines = r.err.split("\n").filter((l) => /persona\.register persona:\/\/mallory/.test(l));
+      assert.equal(lines.length, 2, r.err);
+      for (const l of lines) assert.match(l, /^ {2}journal \(invalid id: tampered\) /);
+      const j = await cli.run(["audit", "timeline", "--json", "--home", home]);
+      const note = j.err
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { offlineJournal?: { changes: { id: unknown }[] } })
+        .find((x) => x.offlineJournal)?.offlineJournal;
+      assert.deepEqual(
+        note?.changes.map((c) => c.id),
+        [null, null],
+      );
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

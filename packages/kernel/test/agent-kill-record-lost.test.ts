@@ -77,3 +77,47 @@ describe("a killed agent's revocation whose kill record was dropped", () => {
     }
   });
 });
+
+describe("an ended agent's revocation record dropped at its end", () => {
+  it("an agent that exits on its own, its end's token.revoked dropped: made again, once", { skip: sandboxSkip }, async () => {
+    const t = await startKernel();
+    try {
+      const eve = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(eve.identity, [eve.token]);
+      const drop = dropNextRevocation(t);
+      void drop.taken.then(() => drop.fail());
+      const a = await c.agents.spawn("sh", "e1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 });
+      const [agent, token] = [a.agent as string, a.token as string];
+      await until(() => rowsOf(t, "agent.exited", agent).length > 0, 30_000, "agent.exited");
+      await drop.taken;
+      await until(() => rowsOf(t, "token.revoked", `token://${token}`).length > 0, 30_000, "the revocation on the record");
+      assert.equal(rowsOf(t, "token.revoked", `token://${token}`).length, 1, "once");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a killed agent whose kill record and end record are both dropped: the end's is made again, once", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const { c, agent, token } = await spawnSleeper(t);
+      const kill = dropNextRevocation(t);
+      void kill.taken.then(() => {
+        kill.fail();
+        // The next one is the end's (the kill's was dropped): dropped too.
+        const end = dropNextRevocation(t);
+        void end.taken.then(() => end.fail());
+      });
+      assert.equal(await c.agents.kill(agent), true);
+      await until(() => rowsOf(t, "agent.exited", agent).length > 0, 30_000, "agent.exited");
+      await until(() => rowsOf(t, "token.revoked", `token://${token}`).length > 0, 30_000, "the revocation on the record");
+      assert.equal(rowsOf(t, "token.revoked", `token://${token}`).length, 1, "once");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

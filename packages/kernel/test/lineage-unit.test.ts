@@ -91,6 +91,57 @@ describe("PersonaRoots hooked to the registry's changes", () => {
   });
 });
 
+describe("PersonaRoots and one tree's registry changes", () => {
+  it("a persona registering and removing sub-personas in its tree finds no other tree's roots again: only the roots of personas under the changed id go", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-roots-tree-"));
+    const store = new SqliteStore(join(dir, "kernel.db"));
+    try {
+      const asked: string[] = [];
+      const roots = new PersonaRoots((id) => {
+        asked.push(id);
+        return store.registrarOf(id);
+      }, "admin");
+      store.onRegistryChange((id) => roots.changed(id));
+      const key = new Uint8Array(32);
+      for (const p of ["alice", "bob", "team/carol"]) store.addPersona(p, key);
+      const others = ["bob", "bob/helper", "team/carol", "team/carol/agent.w1", "team/dave"];
+      for (const p of [...others, "alice", "alice/helper"]) roots.of(p);
+      asked.length = 0;
+      // alice's churn (persona.register and persona.remove inside its own tree, any number of times).
+      for (let i = 0; i < 3; i++) {
+        store.addPersona("alice/sub", key, "alice");
+        assert.equal(store.removePersona("alice/sub"), true);
+      }
+      for (const p of others) roots.of(p);
+      assert.deepEqual(asked, [], "no other tree's root is looked up again");
+      assert.equal(roots.of("alice"), "alice", "alice's own root is kept: its id lies above the change");
+      assert.deepEqual(asked, []);
+      // What lies under a changed id is found again: a root above it may have come or gone.
+      store.addPersona("team", key);
+      assert.equal(roots.of("team/carol"), "team", "under the added id: found again");
+      assert.equal(roots.of("team/dave"), "team");
+      assert.equal(roots.of("bob/helper"), "bob");
+      assert.deepEqual(asked.sort(), ["team", "team"], "only the two personas under team were looked up, once each");
+      assert.equal(store.removePersona("team"), true);
+      assert.equal(roots.of("team/carol"), "team/carol", "the removal: found again");
+      // What a change drops goes from the index by id too: nothing of it is kept.
+      const under = (roots as unknown as { under: Map<string, Set<string>> }).under;
+      for (const p of [...under.keys()].filter((p) => p !== "team" && !p.startsWith("team/"))) roots.changed(p);
+      store.addPersona("team/x", key);
+      store.removePersona("team/x");
+      assert.ok(
+        [...under.keys()].every((p) => p === "team" || p.startsWith("team/")),
+        [...under.keys()].join(),
+      );
+      store.addPersona("team", key);
+      assert.equal(under.size, 0, [...under.keys()].join());
+    } finally {
+      store.close();
+      removeHome(dir);
+    }
+  });
+});
+
 describe("limitsOver / countAtLimit", () => {
   const grant = { subject: "alice", limits: { concurrent: 2 } } as unknown as Parameters<typeof limitsOver>[1];
   const bounds: Bound[] = [

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import {
+import fs, {
   chmodSync,
   chownSync,
   existsSync,
@@ -16,6 +16,7 @@ import {
   utimesSync,
   writeFileSync,
 } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -240,6 +241,51 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       removeHome(homeB);
       rmSync(rootA, { recursive: true, force: true });
       rmSync(rootB, { recursive: true, force: true });
+    }
+  });
+
+  it("another local user takes the usual root name after the start looked and before the kernel held it: the kernel falls back to a name no one can take first, its sandbox usable (bubblewrap and none)", async () => {
+    for (const sandbox of ["bwrap", "none"] as const) {
+      const home = mkdtempSync(join(tmpdir(), "kpip-"));
+      const usual = rootOf(home);
+      const theirs = mkdtempSync(join(tmpdir(), "kpip-theirs-"));
+      // The race, made certain: the name is taken just after the start's first look found it free.
+      const lstat = fs.lstatSync;
+      const patched = fs as { lstatSync: typeof lstat };
+      let taken = false;
+      patched.lstatSync = ((p: string, o?: Parameters<typeof lstat>[1]) => {
+        const r = lstat(p, o);
+        if (!taken && p === usual) {
+          taken = true;
+          symlinkSync(theirs, usual);
+        }
+        return r;
+      }) as typeof lstat;
+      syncBuiltinESMExports();
+      let t: TestKernel | undefined;
+      try {
+        t = await startKernel({ sandbox }, home);
+      } finally {
+        patched.lstatSync = lstat;
+        syncBuiltinESMExports();
+      }
+      try {
+        assert.ok(taken, `sandbox ${sandbox}: the name was taken during the start`);
+        const c = await t.admin();
+        const info = (await c.system.info()).sandbox as { usable: boolean; reason?: string };
+        assert.equal(info.usable, true, `sandbox ${sandbox}: ${info.reason}`);
+        await c.ops.wait(await c.compute.command("true"));
+        const aside = readdirSync(tmpdir()).filter((n) => n.startsWith(`${basename(usual)}-`));
+        assert.equal(aside.length, 1, `sandbox ${sandbox}: one fallback root`);
+        assert.match(aside[0] as string, /-[0-9a-f]{12}-[0-9a-f]{16}$/);
+        assert.deepEqual(readdirSync(theirs), [], `sandbox ${sandbox}: nothing made in what the other user put there`);
+        assert.equal(lstatSync(usual).isSymbolicLink(), true, "the link is left to its maker");
+      } finally {
+        await t.stop();
+        removeHome(home);
+        rmSync(usual, { force: true });
+        rmSync(theirs, { recursive: true, force: true });
+      }
     }
   });
 

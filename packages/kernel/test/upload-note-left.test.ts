@@ -63,4 +63,48 @@ describe("an upload's note the file system refused to remove at its end", () => 
       removeHome(home);
     }
   });
+  it("still refused at the stop: the next start tells the ended uploads by the database, not the note — no end recorded for a committed upload nor again for one the stop ended", async () => {
+    const t = await startKernel(SMALL_FRAMES);
+    const home = t.home;
+    const data = pattern(300_000, 5);
+    let committed = "";
+    let stopped = "";
+    try {
+      const c = await t.admin();
+      const begin = async (target: string) =>
+        ((await c.call("storage.upload.begin", target, { size: data.length })).payload as { upload: string }).upload;
+      committed = await begin("obj://w/kept");
+      await c.call("storage.upload.chunk", "obj://w/kept", { upload: committed, offset: 0, data });
+      stopped = await begin("obj://w/half");
+      await c.call("storage.upload.chunk", "obj://w/half", { upload: stopped, offset: 0, data: data.subarray(0, 1000) });
+      // Refused from the commit to the end of the stop: both notes are left on disk.
+      await whileUnlinkRefused(`${home}/objects/uploads/`, async () => {
+        const r = await c.call("storage.upload.commit", "obj://w/kept", {
+          upload: committed,
+          size: data.length,
+          sha256: sha(data),
+        });
+        assert.equal(r.status, "SUCCESS");
+        await t.stop();
+      });
+    } finally {
+      await t.stop();
+    }
+    assert.deepEqual(fs.readdirSync(`${home}/objects/uploads`).sort(), [committed, stopped].sort(), "both notes were left");
+    const t2 = await startKernel(SMALL_FRAMES, home);
+    try {
+      const ends = (id: string) =>
+        t2.k.inspect
+          .queryAudit({ op: "storage.upload.ended", limit: 100 })
+          .filter((r) => (JSON.parse(r.detail ?? "null") as { upload?: string }).upload === id)
+          .map((r) => r.message);
+      assert.deepEqual(ends(committed), [], "a committed upload is not ended");
+      assert.equal(ends(stopped).length, 1, `ended once, by the stop: ${JSON.stringify(ends(stopped))}`);
+      assert.equal((await (await t2.admin()).call("storage.stat", "obj://w/kept")).status, "SUCCESS");
+      assert.deepEqual(fs.readdirSync(`${home}/objects/uploads`), [], "the notes are gone with this start");
+    } finally {
+      await t2.stop();
+      removeHome(home);
+    }
+  });
 });

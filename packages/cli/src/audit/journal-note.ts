@@ -4,7 +4,8 @@ import { printable } from "./printable.js";
 
 /** A change the CLI made while no kernel ran, waiting in the home's offline journal. */
 export interface JournalChange {
-  id: number;
+  /** Null when the row's id is not an integer (the table made again by whoever tampered with it). */
+  id: number | null;
   time: string | null;
   actor: string | null;
   op: string | null;
@@ -33,7 +34,8 @@ export function pendingJournal(reader: AuditReader): { count: number; changes: J
     .all(SHOWN) as Record<string, unknown>[];
   const text = (v: unknown) => (typeof v === "string" ? v : null);
   const changes = rows.map((r) => ({
-    id: Number(r.id),
+    // AUTOINCREMENT ids are integers: anything else (text, a real) was put there by hand.
+    id: Number.isSafeInteger(r.id) ? (r.id as number) : null,
     time: typeof r.time === "number" && Number.isFinite(r.time) ? isoTime(r.time) : null,
     actor: text(r.actor),
     op: text(r.op),
@@ -47,7 +49,8 @@ export function pendingJournal(reader: AuditReader): { count: number; changes: J
 export function journalText(p: { count: number; changes: JournalChange[] }): string | undefined {
   if (p.count === 0) return undefined;
   const lines = p.changes.map(
-    (c) => `  journal ${c.id} ${c.time ?? "?"} ${c.op ?? "?"} ${c.target ?? "-"} by ${c.actor ?? "?"}: ${c.message ?? ""}`,
+    (c) =>
+      `  journal ${c.id ?? "(invalid id: tampered)"} ${c.time ?? "?"} ${c.op ?? "?"} ${c.target ?? "-"} by ${c.actor ?? "?"}: ${c.message ?? ""}`,
   );
   if (p.count > p.changes.length) lines.push(`  … ${p.count - p.changes.length} more`);
   return `${p.count} change${p.count === 1 ? "" : "s"} made with the CLI while no kernel ran ${p.count === 1 ? "is" : "are"} in the home's offline journal, not on the chain (the next kernel start records them; no hash or signature covers them until then):\n${lines.map((l) => printable(l)).join("\n")}`;

@@ -255,7 +255,7 @@ export class AgentManager {
       // Revoked and recorded at its kill already (agent.kill before its process closed): a record
       // only for what is new; one whose kill record never committed is recorded now (never none).
       const recorded = !revocation.own.changed && !revocation.rest?.changed && this.tokens.revokeRecorded(a.tokenId);
-      if (!recorded) this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
+      if (!recorded) this.recordRevocation(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
     // No agent outlives its kernel, so no key in the agent namespace may either: one is left when
@@ -384,7 +384,21 @@ export class AgentManager {
    * the name acts as, and what was minted for this one is not that one's.
    */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
-    this.revoked(this.revokeAgent(tokenId, persona), tokenId, persona, reason);
+    this.recordRevocation(this.revokeAgent(tokenId, persona), tokenId, persona, reason);
+  }
+
+  /**
+   * {@link revoked}, its record made again, once, if it is dropped (a full disk with no room left
+   * to keep it, a failed write), as the kill's is: lost, the revocation had no record at all.
+   */
+  private recordRevocation(r: AgentRevocation, tokenId: string, persona: string, reason: string): void {
+    this.revoked(r, tokenId, persona, reason, () => {
+      try {
+        this.revoked(r, tokenId, persona, reason);
+      } catch (e) {
+        this.log.error({ err: e, token: tokenId }, "cannot record an agent's revocation again");
+      }
+    });
   }
 
   /**
@@ -753,7 +767,7 @@ export class AgentManager {
         if (live.killRecord) live.killRecord.skipped = true;
         return;
       }
-      if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+      if (revocation) this.recordRevocation(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
       else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
     });
     step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));

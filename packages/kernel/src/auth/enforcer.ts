@@ -132,7 +132,7 @@ export class CapEnforcer implements Authorizer {
         message: `token is ${bytesOrToken.length} bytes; the kernel accepts tokens of at most ${this.limits.maxTokenBytes} bytes`,
       };
     }
-    const cacheKey = bytesOrToken instanceof Uint8Array ? Buffer.from(bytesOrToken).toString("latin1") : undefined;
+    const cacheKey = bytesOrToken instanceof Uint8Array ? latin1Key(bytesOrToken) : undefined;
     const hit = cacheKey === undefined ? undefined : this.verified.get(cacheKey);
     if (hit) {
       // Key retirement, time, revocation and subject are live facts: checked on every use, never cached.
@@ -474,4 +474,13 @@ function refusalRef(g: Grant): string {
 function handleLabel(b: BoundCapability): string {
   b.label ??= `h${b.handle}:${tokenRef(b.grant)}`;
   return b.label;
+}
+
+/**
+ * The verified-token cache's key for a token's bytes: a char per byte. Read through a view of
+ * the bytes where they lie (a request's decoded token is a Uint8Array view of its frame): the
+ * `Buffer.from(bytes)` it was made with copied every inline token on every request first.
+ */
+function latin1Key(b: Uint8Array): string {
+  return (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)).toString("latin1");
 }

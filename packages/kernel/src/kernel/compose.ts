@@ -305,6 +305,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         store.syncWal();
       },
       named: (h) => store.countBodyRefs(h),
+      endedNotes: {
+        mark: (id) => store.markEndedUploadNote(id),
+        unmark: (id) => store.unmarkEndedUploadNote(id),
+        marked: () => store.endedUploadNotes(),
+        clear: () => store.clearEndedUploadNotes(),
+      },
     });
     blobsRef = blobs;
     // Uploads the previous kernel was killed with: their partial files are gone with this start, and

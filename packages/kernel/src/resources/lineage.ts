@@ -42,8 +42,9 @@ const ROOTS_KEPT = 10_000;
  * prefix (not registered; an older home's sub-persona registered outside its tree) falls back
  * to the first segment of its id.
  *
- * Found from the registry once per persona and cached (no read on the request path); any change
- * of the registry ({@link changed}: the kernel hooks it to the store's onRegistryChange) clears the cache.
+ * Found from the registry once per persona and cached (no read on the request path); a change of
+ * the registry ({@link changed}: the kernel hooks it to the store's onRegistryChange) drops the
+ * roots of the personas at or under the changed id.
  */
 export class PersonaRoots {
   private readonly cache = new Map<string, string>();
@@ -53,24 +54,63 @@ export class PersonaRoots {
     private readonly admin: string,
   ) {}
 
+  /**
+   * The cached personas by each id at or above them (themselves included): what a change of that
+   * id drops, found without a pass over the whole cache — a tree's removal tells each of its
+   * personas' removal, up to maxRegisteredPersonas (more for the admin's) in one turn.
+   */
+  private readonly under = new Map<string, Set<string>>();
+
   of(persona: string): string {
     let r = this.cache.get(persona);
     if (r === undefined) {
       r = this.find(persona);
-      if (this.cache.size >= ROOTS_KEPT) this.cache.clear();
+      if (this.cache.size >= ROOTS_KEPT) this.clear();
       this.cache.set(persona, r);
+      forEachInLineage(persona, (p) => {
+        let s = this.under.get(p);
+        if (s === undefined) {
+          s = new Set();
+          this.under.set(p, s);
+        }
+        s.add(persona);
+      });
     }
     return r;
   }
 
+  private clear(): void {
+    this.cache.clear();
+    this.under.clear();
+  }
+
   /**
-   * The registry changed (persona `id` added or removed; undefined: anything, made offline): roots
-   * are found again. An agent persona's key moves no root ({@link find} stops at an agent segment),
-   * so agents coming and going keep the cache.
+   * The registry changed (persona `id` added or removed; undefined: anything, made offline): the
+   * roots that may have moved are found again. A root is found from the registrations of its
+   * persona's own id and the ids above it only, so only personas at or under `id` go: any persona
+   * may register and remove sub-personas in its tree, and each of its changes cleared every
+   * tree's roots (a registry read per level for every other persona's next request). An agent
+   * persona's key moves no root ({@link find} stops at an agent segment), so agents coming and
+   * going keep the cache.
    */
   changed(id?: string): void {
-    if (id !== undefined && isAgentPersona(id)) return;
-    this.cache.clear();
+    if (id === undefined) {
+      this.clear();
+      return;
+    }
+    if (isAgentPersona(id)) return;
+    const gone = this.under.get(id);
+    if (gone === undefined) return;
+    this.under.delete(id);
+    for (const p of gone) {
+      this.cache.delete(p);
+      forEachInLineage(p, (q) => {
+        const s = this.under.get(q);
+        if (s === undefined) return;
+        s.delete(p);
+        if (s.size === 0) this.under.delete(q);
+      });
+    }
   }
 
   private find(persona: string): string {

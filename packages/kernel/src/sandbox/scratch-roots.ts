@@ -62,12 +62,26 @@ export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): D
  * matches both forms.
  */
 export function namedScratchRoot(usual: string): string {
+  return scratchRootTaken(usual) ? fallbackScratchRoot(usual) : usual;
+}
+
+/** The name a kernel falls back to when `usual` is taken: 16 random hex digits added, never the same twice. */
+export function fallbackScratchRoot(usual: string): string {
+  return `${usual}-${randomBytes(8).toString("hex")}`;
+}
+
+/**
+ * Whether `root` is there but not a directory of the kernel's user ({@link ownScratchRoot}'s
+ * refusal): another local user took the name. Also asked again once the sandbox is set up: taken
+ * between namedScratchRoot's look and the hold (or the trial run), every launch was refused.
+ */
+export function scratchRootTaken(root: string): boolean {
   try {
-    ownScratchRoot(usual);
-    return usual;
+    ownScratchRoot(root);
+    return false;
   } catch (e) {
     if (!(e instanceof UnsafeScratchRootError)) throw e;
-    return `${usual}-${randomBytes(8).toString("hex")}`;
+    return true;
   }
 }
 

@@ -10,10 +10,12 @@ import { Sandbox } from "./sandbox.js";
 import {
   checkScratchRootPlace,
   disownScratchRoot,
+  fallbackScratchRoot,
   namedScratchRoot,
   ROOT_LIVE,
   ROOT_LOCK,
   removeStaleRoots,
+  scratchRootTaken,
 } from "./scratch-roots.js";
 import type { SecretFile } from "./view.js";
 
@@ -50,11 +52,46 @@ export function openSandbox(
 ): Sandbox {
   const uid = process.getuid?.() ?? 0;
   const named = !c.sandboxScratch;
-  const scratchRoot =
-    c.sandboxScratch ||
-    namedScratchRoot(
-      join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`),
+  const usual = join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
+  let sandbox = sandboxAt(c.sandboxScratch || namedScratchRoot(usual), named, c, log, program, configFile, remover);
+  // The usual name taken by another local user after namedScratchRoot looked (the trial run, or
+  // the hold, found it theirs): the random name no one can take first, as if taken before the look.
+  if (named && sandbox.config.scratchRoot === usual && scratchRootTaken(usual)) {
+    void sandbox.close(false);
+    sandbox = sandboxAt(fallbackScratchRoot(usual), named, c, log, program, configFile, remover);
+  }
+  const scratchRoot = sandbox.config.scratchRoot;
+  // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's
+  // (removed in the background: however deep or large, it neither delays nor stops the start).
+  void sandbox.sweep();
+  // Roots of other homes' kernels that died without stopping (only those provably dead: scratch-roots.ts).
+  if (named) {
+    const stale = removeStaleRoots(tmpdir(), uid, scratchRoot, (paths) => sandbox.remove(paths));
+    if (stale) log.info({ roots: stale }, "removed the scratch roots of kernels that ended without stopping");
+  }
+  if (sandbox.mode === "none")
+    log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
+  else if (sandbox.unavailable)
+    log.error(
+      { reason: sandbox.unavailable, scratch: scratchRoot },
+      "no process sandbox: agent.spawn and command compute are refused",
     );
+  else log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
+  for (const w of sandbox.mode === "bwrap" && !sandbox.unavailable ? sandbox.weakened : [])
+    log.warn({ reason: w }, "process sandbox weakened");
+  return sandbox;
+}
+
+/** The sandbox with `scratchRoot`, probed, and the root held when the kernel `named` it. */
+function sandboxAt(
+  scratchRoot: string,
+  named: boolean,
+  c: KernelConfig,
+  log: Logger,
+  program?: string,
+  configFile?: string,
+  remover?: (paths: string[]) => Promise<string | undefined>,
+): Sandbox {
   if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
     throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
   checkScratchRootPlace(scratchRoot, !named);
@@ -101,24 +138,6 @@ export function openSandbox(
       log.error({ err: (e as Error).message }, "cannot hold the scratch root");
     }
   }
-  // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's
-  // (removed in the background: however deep or large, it neither delays nor stops the start).
-  void sandbox.sweep();
-  // Roots of other homes' kernels that died without stopping (only those provably dead: scratch-roots.ts).
-  if (named) {
-    const stale = removeStaleRoots(tmpdir(), uid, scratchRoot, (paths) => sandbox.remove(paths));
-    if (stale) log.info({ roots: stale }, "removed the scratch roots of kernels that ended without stopping");
-  }
-  if (sandbox.mode === "none")
-    log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
-  else if (sandbox.unavailable)
-    log.error(
-      { reason: sandbox.unavailable, scratch: scratchRoot },
-      "no process sandbox: agent.spawn and command compute are refused",
-    );
-  else log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
-  for (const w of sandbox.mode === "bwrap" && !sandbox.unavailable ? sandbox.weakened : [])
-    log.warn({ reason: w }, "process sandbox weakened");
   return sandbox;
 }
 

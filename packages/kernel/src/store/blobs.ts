@@ -103,6 +103,8 @@ export class BlobStore {
        * store no rows name: tests) a released body goes unless a pin holds it.
        */
       named?: (hash: Uint8Array) => number;
+      /** Where the ended uploads whose notes stayed are kept (the database): see {@link EndedNotes}. */
+      endedNotes?: EndedNotes;
     } = { sync: true },
   ) {
     this.root = root;
@@ -115,12 +117,16 @@ export class BlobStore {
     this.notesDir = join(root, "uploads");
     privateDir(this.notesDir);
     const names = readdirSync(this.tmpDir);
+    // Notes of uploads that had ended (their removal refused) are not the note's word: the database's.
+    const ended = new Set(opts.endedNotes?.marked() ?? []);
     const noteNames = readdirSync(this.notesDir);
-    const left = leftUploads(this.tmpDir, names, this.notesDir, noteNames);
+    const left = leftUploads(this.tmpDir, names, this.notesDir, noteNames, ended);
     this.leftUploads = left.live;
     this.endedUploadFiles = left.ended;
     for (const name of names) unlinkQuiet(join(this.tmpDir, name));
     for (const name of noteNames) unlinkQuiet(join(this.notesDir, name));
+    // Every note is gone (a refusal threw above): so is what the marks told of them.
+    if (ended.size) opts.endedNotes?.clear();
   }
 
   /** Notes of whose each upload in progress is (`uploads/<id>`), read by the start after a kill. */
@@ -179,8 +185,15 @@ export class BlobStore {
       if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
     }
     // The file system refused (EIO): left, the note would tell the next start the upload was live
-    // — a committed one's as a commit that did not complete. Tried again ({@link removeLeftNotes}).
+    // — a committed one's as a commit that did not complete. Tried again ({@link removeLeftNotes}),
+    // and its end is kept in the database, which the next start asks before the note (a kill, or
+    // a stop, while the removal is still refused).
     if (this.notesLeft.size < LEFT_UPLOADS_MAX) this.notesLeft.add(id);
+    try {
+      this.opts.endedNotes?.mark(id);
+    } catch {
+      // The database fails too: the note is read as before (an end recorded for it at the next start).
+    }
   }
 
   /** Notes of ended uploads whose removal the file system refused: tried again. */
@@ -198,6 +211,11 @@ export class BlobStore {
         if ((e as NodeJS.ErrnoException).code !== "ENOENT") continue;
       }
       this.notesLeft.delete(id);
+      try {
+        this.opts.endedNotes?.unmark(id);
+      } catch {
+        // Left for the next start, which clears every mark once the notes are gone.
+      }
     }
     return this.notesLeft.size;
   }
@@ -590,6 +608,18 @@ export function unlinkQuiet(path: string): boolean {
   }
 }
 
+/**
+ * The uploads that ended but whose notes the file system refused to remove, kept in the database
+ * (SqliteBase.markEndedUploadNote): a note alone cannot tell a committed (or aborted) upload from
+ * one whose commit did not complete, since the note is what says an upload was live.
+ */
+export interface EndedNotes {
+  mark(id: string): void;
+  unmark(id: string): void;
+  marked(): string[];
+  clear(): void;
+}
+
 /** An upload in progress when the previous kernel was killed: its id, the bytes its partial file held, and its note. */
 export interface LeftUpload {
   id: string;
@@ -614,7 +644,13 @@ const NOTE_MAX_BYTES = 16 * 1024;
  * The partial files of uploads in `tmp` (its entries `names`) whose notes (in `notes`, its entries `noted`) say they were live, with
  * what the notes say; and how many had no note (their uploads ended: see {@link BlobStore.writeNote}).
  */
-function leftUploads(tmp: string, names: string[], notes: string, noted: string[]): { live: LeftUpload[]; ended: number } {
+function leftUploads(
+  tmp: string,
+  names: string[],
+  notes: string,
+  noted: string[],
+  endedNotes: ReadonlySet<string>,
+): { live: LeftUpload[]; ended: number } {
   const out: LeftUpload[] = [];
   let ended = 0;
   // One buffer for every note read (up to LEFT_UPLOADS_MAX of them at a start).
@@ -633,7 +669,7 @@ function leftUploads(tmp: string, names: string[], notes: string, noted: string[
       continue;
     }
     withFile.add(m[1]);
-    const note = readNote(join(notes, m[1]), buf);
+    const note = endedNotes.has(m[1]) ? null : readNote(join(notes, m[1]), buf);
     if (note === null) ended++;
     else out.push({ id: m[1], bytes, ...note });
   }
@@ -642,7 +678,7 @@ function leftUploads(tmp: string, names: string[], notes: string, noted: string[
   // completed, or was refused and the upload kept for a retry. A commit needs every declared byte.
   for (const id of noted) {
     if (out.length >= LEFT_UPLOADS_MAX) break;
-    if (!NOTE_NAME.test(id) || withFile.has(id)) continue;
+    if (!NOTE_NAME.test(id) || withFile.has(id) || endedNotes.has(id)) continue;
     const note = readNote(join(notes, id), buf);
     if (note !== null) out.push({ id, bytes: note.size ?? 0, committing: true, ...note });
   }

@@ -9,6 +9,10 @@ export type Transaction<F extends (...args: never[]) => unknown> = Database.Tran
 /** A row as better-sqlite3 returns it. */
 export type Row = Record<string, unknown>;
 
+/** The meta rows of {@link SqliteBase.markEndedUploadNote}: the prefix, and the key just past every such key. */
+const ENDED_NOTE = "ended_upload_note:";
+const ENDED_NOTE_END = "ended_upload_note;";
+
 /**
  * `column` names `root` or an id under it, as SQL over one index range: '0' follows '/' in
  * byte order, so [root/, root0) is exactly the ids under root. Binds {@link treeArgs}(root).
@@ -156,6 +160,30 @@ export class SqliteBase {
 
   setMeta(key: string, value: string): void {
     this.prep("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
+  }
+
+  /**
+   * Uploads that ended (committed, aborted, ended on the record) whose notes the file system
+   * refused to remove (BlobStore.removeNote): the next start reads such a note as ended, not as a
+   * commit that did not complete. Rows of the meta table, `ended_upload_note:<id>`.
+   */
+  markEndedUploadNote(id: string): void {
+    this.setMeta(`${ENDED_NOTE}${id}`, "1");
+  }
+
+  unmarkEndedUploadNote(id: string): void {
+    this.prep("DELETE FROM meta WHERE key = ?").run(`${ENDED_NOTE}${id}`);
+  }
+
+  endedUploadNotes(): string[] {
+    const keys = this.prep("SELECT key FROM meta WHERE key > ? AND key < ?")
+      .pluck(true)
+      .all(ENDED_NOTE, ENDED_NOTE_END) as string[];
+    return keys.map((k) => k.slice(ENDED_NOTE.length));
+  }
+
+  clearEndedUploadNotes(): void {
+    this.prep("DELETE FROM meta WHERE key > ? AND key < ?").run(ENDED_NOTE, ENDED_NOTE_END);
   }
 
   /** Sets the fields of `f` that `columns` names (field → column) on row `id` of `table`; none: nothing runs. */

@@ -28,6 +28,9 @@ export interface JournalStore {
  * byte once committed: a running kernel stats it to learn of the change before its tick (which
  * reads the journal itself), so a session whose registration a change ended is refused at its next
  * request, reads too, without a registry lookup per request (PROTOCOL §8.4). Undefined: in memory.
+ * Never trimmed: only whoever can write the home's database grows it (the CLI on the home and a
+ * home's first start; no persona's request journals), by a byte per change beside the journal row
+ * and the audit record each change makes; cut back, a stamp taken later could equal an earlier one.
  */
 export function journalStampFile(dbName: string, memory: boolean): string | undefined {
   return memory ? undefined : `${dbName}-offline`;
