@@ -68,8 +68,10 @@ class Held:
     token: Token
     handle: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
-    # Refreshes in a row that gave a token already due for refresh (see TokenRefresher).
+    # Refreshes in a row that gave a token already due for refresh, or due again within `floor` (see TokenRefresher).
     futile: int = 0
+    # Seconds: taken from the token the client was given, at its first schedule (TokenRefresher._floor).
+    floor: float | None = None
 
 
 class CallTable:

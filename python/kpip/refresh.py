@@ -14,9 +14,11 @@ if TYPE_CHECKING:
     from .client import Client
 
 
-# A refresh that gives a token already due for refresh (at or past its expiry: a broken or
-# hostile kernel) is tried again after 1 s, then 2 s, and reported after the third in a row:
-# without a floor the refresher would ask again at once, without end.
+# A refresh that gives a token already due for refresh (at or past its expiry, or due again within
+# its floor: a broken or hostile kernel) is tried again after that floor (1 s, less only for a token
+# given with under 4 s of life), then twice it, and reported after the third in a row: without a
+# floor the refresher would ask again at once, without end — or, for a token due again 200 ms after
+# each refresh, five times a second.
 FUTILE_DELAY = 1.0
 MAX_FUTILE = 3
 
@@ -34,13 +36,24 @@ class TokenRefresher:
         margin = min(self.margin * 1000, (g.exp - g.nbf) / 2)
         return max(0.0, (g.exp - margin) / 1000 - time.time())
 
+    def _floor(self, h: Held) -> float:
+        """Seconds: a refresh leaving `h` due again sooner is futile. The smaller of FUTILE_DELAY and half
+        the time from nbf to due of the token the client was given (not the kernel's, which chooses the
+        lifetimes of the tokens it gives: an honest one keeps the lifetime)."""
+        if h.floor is None:
+            g = inspect(h.token)
+            life = g.exp - g.nbf
+            h.floor = max(0.0, min(FUTILE_DELAY, (life - min(self.margin * 1000, life / 2)) / 2000))
+        return h.floor
+
     def schedule(self, h: Held) -> None:
         """Refreshes `h` `margin` seconds (at most half its lifetime) before it expires."""
+        floor = self._floor(h)
         delay = self._due_in(h)
         if delay is None:
             return  # cannot be extended
         if h.futile > 0:
-            delay = max(delay, FUTILE_DELAY * 2 ** (h.futile - 1))
+            delay = max(delay, floor * 2 ** (h.futile - 1))
         if h.task is not None:
             h.task.cancel()
         h.task = self.client.spawn(self._refresh_later(h, delay))
@@ -54,12 +67,13 @@ class TokenRefresher:
             t = decode_token(fresh)
             b = await c.call("token.bind", f"token://{t.id}", {"token": fresh}, caps=[fresh])
             h.raw, h.token, h.handle, h.task = fresh, t, b.field("token.bind", "handle", "handle"), None
-            h.futile = h.futile + 1 if self._due_in(h) == 0 else 0
+            due, floor = self._due_in(h), self._floor(h)
+            h.futile = h.futile + 1 if due is not None and (due == 0 or due < floor) else 0
             if h.futile >= MAX_FUTILE:
                 h.futile = 0
                 c.refresh_error = TokenRefreshFailed(
                     f"could not refresh token {h.token.id}: token.refresh gave a token already due for refresh "
-                    f"(at or past its expiry) {MAX_FUTILE} times in a row"
+                    f"(at or past its expiry, or due again within {round(floor * 1000)} ms) {MAX_FUTILE} times in a row"
                 )
                 return
             self.schedule(h)

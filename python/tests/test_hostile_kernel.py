@@ -198,6 +198,53 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(refreshes[0], 3)
             await c.close()
 
+    async def test_a_kernel_refreshing_tokens_into_ones_due_again_within_a_few_hundred_ms_gets_a_few_tries_then_a_typed_error(
+        self,
+    ) -> None:
+        # token.refresh answered with a token of 400 ms from now: due for refresh 200 ms after it is
+        # held, never at once, so only a token due at once counted: the refresher asked five times a second, for ever.
+        root = os.urandom(32)
+        made = [0]
+
+        def token(exp_in: int, nbf_ago: int = 0) -> bytes:
+            now = int(time.time() * 1000)
+            made[0] += 1
+            claims = cbor.encode(
+                {
+                    "id": f"{made[0]:032x}",
+                    "kid": "k",
+                    "sub": "alice",
+                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                    "limits": {},
+                    "nbf": now - nbf_ago,
+                    "exp": now + exp_in,
+                    "maxExp": now + 7_200_000,
+                    "chain": [],
+                }
+            )
+            return cbor.encode([1, claims, [], root_signature(root, claims)])
+
+        refreshes = [0]
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            op = cbor.decode(m.body["intent"])["op"]  # type: ignore[index]
+            if op == "token.refresh":
+                refreshes[0] += 1
+                c.answer(m, payload={"token": token(400)})
+            elif op == "token.bind":
+                c.answer(m, payload={"handle": 1})
+            else:
+                c.answer(m, payload={"caps": m.body["caps"]})
+
+        async with FakeKernel(handler) as k:
+            # The token it was given lives an hour (from an hour ago): due for refresh now.
+            c = await self.connect(k, tokens=[token(100, 3_600_000)])
+            await until(lambda: c.refresh_error is not None or refreshes[0] > 10, "the refresher to give up", 60)
+            self.assertIsInstance(c.refresh_error, kpip.TokenRefreshFailed, f"{refreshes[0]} refreshes")
+            self.assertIn("due for refresh", str(c.refresh_error))
+            self.assertEqual(refreshes[0], 3)
+            await c.close()
+
     async def test_a_handshake_frame_larger_than_a_handshake_needs_is_too_large_at_its_header(self) -> None:
         # §8.8: before CHALLENGE a kernel's frame body is at most 16 KiB (and HELLO's maxBody), as the
         # kernel bounds its peers'; the client read it with the default 16 MiB limit (case 520).

@@ -10,14 +10,23 @@ interface HeldToken {
   /** Its handle on the current session (0 = not bound). */
   handle: number;
   timer?: NodeJS.Timeout;
-  /** Refreshes in a row that gave a token already due for refresh (see {@link FUTILE_DELAY_MS}). */
+  /** Refreshes in a row that gave a token already due for refresh, or due again within {@link floor}. */
   futile: number;
+  /**
+   * A refresh that leaves the token due again sooner than this (ms) is futile: the smaller of
+   * {@link FUTILE_DELAY_MS} and half the time from `nbf` to due of the token the client was given
+   * (not the kernel's, which chooses the lifetimes of the tokens it gives: an honest one keeps
+   * the lifetime, so a short-lived token's own cadence is futile only if a round trip takes half of it).
+   */
+  floor: number;
 }
 
 /**
- * A refresh that gives a token already due for refresh (at or past its expiry: a broken or
- * hostile kernel) is tried again after 1 s, then 2 s, and reported after the third in a row:
- * without a floor the refresher would ask again at once, without end.
+ * A refresh that gives a token already due for refresh (at or past its expiry, or due again
+ * within {@link HeldToken.floor}: a broken or hostile kernel) is tried again after that floor
+ * (1 s, less only for a token given with under 4 s of life), then twice it, and reported after
+ * the third in a row: without a floor the refresher would ask again at once, without end — or,
+ * for a token due again 200 ms after each refresh, five times a second.
  */
 const FUTILE_DELAY_MS = 1000;
 const MAX_FUTILE = 3;
@@ -46,7 +55,7 @@ export class TokenRefresher {
     private readonly call: CallFn,
     private readonly events: RefreshEvents,
   ) {
-    this.held = tokens.map((t) => ({ ...t, handle: 0, futile: 0 }));
+    this.held = tokens.map((t) => ({ ...t, handle: 0, futile: 0, floor: this.floorOf(t.token) }));
   }
 
   /** The tokens' wire bytes, to present at ATTEST. */
@@ -99,12 +108,19 @@ export class TokenRefresher {
     return Math.max(0, g.exp - margin - Date.now());
   }
 
+  /** {@link HeldToken.floor} for a token the client was given. */
+  private floorOf(token: Token): number {
+    const g = effectiveGrant(token);
+    const life = g.exp - g.nbf;
+    return Math.max(0, Math.min(FUTILE_DELAY_MS, (life - Math.min(this.marginMs, life / 2)) / 2));
+  }
+
   private schedule(h: HeldToken): void {
     clearTimeout(h.timer);
     if (this.stopped) return;
     let at = this.dueIn(h);
     if (at === undefined) return;
-    if (h.futile > 0) at = Math.max(at, FUTILE_DELAY_MS * 2 ** (h.futile - 1));
+    if (h.futile > 0) at = Math.max(at, h.floor * 2 ** (h.futile - 1));
     h.timer = setTimeout(() => void this.refresh(h), Math.min(at, 2 ** 31 - 1));
     h.timer.unref();
   }
@@ -122,11 +138,12 @@ export class TokenRefresher {
       h.handle = kernelNumber(b.payload?.handle, "token.bind's handle");
       this.handleList = undefined;
       this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
-      h.futile = this.dueIn(h) === 0 ? h.futile + 1 : 0;
+      const due = this.dueIn(h);
+      h.futile = due !== undefined && (due === 0 || due < h.floor) ? h.futile + 1 : 0;
       if (h.futile >= MAX_FUTILE) {
         h.futile = 0;
         const err = new TokenRefreshError(
-          `could not refresh token ${token.claims.id}: token.refresh gave a token already due for refresh (at or past its expiry) ${MAX_FUTILE} times in a row`,
+          `could not refresh token ${token.claims.id}: token.refresh gave a token already due for refresh (at or past its expiry, or due again within ${Math.round(h.floor)} ms) ${MAX_FUTILE} times in a row`,
         );
         this.failure = err;
         this.events.failed(err);

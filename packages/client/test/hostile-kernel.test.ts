@@ -521,6 +521,57 @@ describe("a kernel that refreshes tokens into ones already expiring", () => {
       k.close();
     }
   });
+
+  it("a token due again a few hundred ms after each refresh (not at once) counts as futile too: three tries, then a TokenRefreshError", async () => {
+    const root = randomBytes(32);
+    let made = 0;
+    /** Alice's next token: `life` ms from `nbf` (now, unless given), expiring `exp` ms from now. */
+    const token = (exp: number, nbf = Date.now()) =>
+      encodeToken(
+        mintToken(root, {
+          id: (++made).toString(16).padStart(32, "0"),
+          kid: "k",
+          sub: "alice",
+          rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+          limits: {},
+          nbf,
+          exp: Date.now() + exp,
+          maxExp: Date.now() + 7_200_000,
+          chain: [],
+        }),
+      );
+    let refreshes = 0;
+    const k = await welcomingKernel((m, s, stream) => {
+      if (m.type !== "REQUEST") return;
+      const op = String((decodeCanonical(m.body.intent) as { op: string }).op);
+      if (op === "token.refresh") refreshes++;
+      // 400 ms of life from now: due for refresh 200 ms after it is held, never at once — the
+      // refresher asked again 200 ms later, for ever (only a token due at once counted).
+      const payload = op === "token.refresh" ? { token: token(400) } : op === "token.bind" ? { handle: 1 } : {};
+      s.write(success(m.body.id, stream, payload as CborValue));
+    });
+    // The token it was given lives an hour (from an hour ago): due for refresh now.
+    const c = await KernelClient.connect({
+      socket: k.path,
+      identity: generateIdentity("alice"),
+      tokens: [token(100, Date.now() - 3_600_000)],
+      refreshMarginMs: 120_000,
+      reconnect: false,
+    });
+    try {
+      let failed: Error | undefined;
+      c.once("tokenRefreshFailed", (e: Error) => {
+        failed = e;
+      });
+      await until(() => failed !== undefined || refreshes > 10, 60_000, "the refresher to give up");
+      assert.ok(failed instanceof TokenRefreshError, `${refreshes} refreshes, and no TokenRefreshError: ${failed}`);
+      assert.match(failed.message, /due for refresh/);
+      assert.equal(refreshes, 3);
+    } finally {
+      await c.close().catch(() => {});
+      k.close();
+    }
+  });
 });
 
 describe("a kernel that writes a large frame with its WELCOME", () => {

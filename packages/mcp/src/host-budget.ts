@@ -302,7 +302,12 @@ export class RefusalRate {
   }
 
   private suspect(): boolean {
-    return this.clock() - this.lastRefused < REFUSED_LATELY_MS;
+    const now = this.clock();
+    // A wall clock stepped back put the last refusal ahead of now: no time passed since, not the
+    // step's length more of "refused lately" (its calls in flight held as possible refusals), as
+    // the buckets take it (case 684).
+    if (now < this.lastRefused) this.lastRefused = now;
+    return now - this.lastRefused < REFUSED_LATELY_MS;
   }
 
   /** Runs a call that reaches the kernel; `isRefusal` tells whether its answer was a refusal. */

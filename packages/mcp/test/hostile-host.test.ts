@@ -1249,6 +1249,41 @@ describe("a host session's refusal rate", () => {
     now += 5_000;
     assert.equal(await host.run(refused, () => true), "refused", "its rate refills as the clock goes on");
   });
+
+  it("a wall clock stepped back does not keep a host refused once 'refused lately' for the step's length: a minute after the step, its calls in flight are not held as possible refusals", async () => {
+    let now = 3_600_000;
+    const clock = () => now;
+    const total = new RefusalBucket(10, clock);
+    const host = new RefusalRate(2, total, clock);
+    assert.equal(
+      await host.run(
+        () => Promise.resolve("refused"),
+        () => true,
+      ),
+      "refused",
+    );
+    // Ten minutes back (a call sees it), then a minute and more goes by: its one refusal is no longer recent.
+    now -= 600_000;
+    assert.equal(
+      await host.run(
+        () => Promise.resolve("ok"),
+        () => false,
+      ),
+      "ok",
+    );
+    now += 61_000;
+    // Twelve long calls at once (within the host's 16): none is a possible refusal of a host not refused lately.
+    const busy: unknown[] = [];
+    for (let i = 0; i < 12; i++)
+      host
+        .run(
+          () => new Promise<string>(() => {}),
+          () => false,
+        )
+        .catch((e: { code?: unknown }) => busy.push(e.code));
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(busy, [], "no call HOST_BUSY: the refusal was a minute ago, not ten minutes ahead");
+  });
 });
 
 describe("a call's progress notices", () => {
