@@ -363,6 +363,13 @@ describe("the audit side index", () => {
     assert.equal(idx.out, scan.out);
     assert.match(idx.err, /is not the one the audit index was built on/);
     assert.notEqual(idx.out, first.out, "the two homes differ");
+    // Once that home is gone, the next run on another home removes its index from the cache.
+    const hashed = () => readdirSync(cache).filter((n) => /^[0-9a-f]{32}$/.test(n)).length;
+    assert.equal(hashed(), 2);
+    rmSync(other, { recursive: true, force: true });
+    const again = await kpip(["audit", "query", "--limit", "1", "--home", home, "--index-dir", cache]);
+    assert.equal(again.code, 0, again.err);
+    assert.equal(hashed(), 1);
   });
 
   it("is never kept inside the home", async () => {

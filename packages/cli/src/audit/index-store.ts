@@ -1,7 +1,18 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { homedir } from "node:os";
-import { join, relative, resolve, sep } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { UsageError } from "../util.js";
 import { recordTokenIds } from "./filters.js";
@@ -213,6 +224,36 @@ export function indexDir(home: string, root: string | undefined): string | undef
     return undefined;
   }
   return join(realBase, createHash("sha256").update(realHome).digest("hex").slice(0, 32));
+}
+
+/** Index directories looked at per run for a home that is gone: a bounded cost, the cache emptied over runs. */
+const SWEEP = 64;
+
+/**
+ * Removes the indexes (beside `dir`, in the same cache) of homes that no longer exist: a temporary
+ * copy of evidence, a test's home. Only this user's directories of the index's name shape.
+ */
+export function sweepIndexes(dir: string): void {
+  const root = dirname(dir);
+  let names: string[];
+  try {
+    names = readdirSync(root).filter((n) => /^[0-9a-f]{32}$/.test(n));
+  } catch {
+    return;
+  }
+  const uid = process.getuid?.();
+  for (const name of names.sort(() => Math.random() - 0.5).slice(0, SWEEP)) {
+    const path = join(root, name);
+    if (path === dir) continue;
+    try {
+      const st = lstatSync(path);
+      if (!st.isDirectory() || (uid !== undefined && st.uid !== uid)) continue;
+      const home = readFileSync(join(path, "home"), "utf8");
+      if (home !== "" && !existsSync(home)) rmSync(path, { recursive: true, force: true });
+    } catch {
+      // no home file (being made), or gone meanwhile: left
+    }
+  }
 }
 
 /** Bytes a record's columns take on disk and, for the chunk being read, in memory. */

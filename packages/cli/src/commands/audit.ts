@@ -22,7 +22,7 @@ import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, trac
 import type { QueryFilter } from "../audit/index-query.js";
 import { queryRecords } from "../audit/index-query.js";
 import { IndexStaleError } from "../audit/index-read.js";
-import { AuditIndex, indexDir } from "../audit/index-store.js";
+import { AuditIndex, indexDir, sweepIndexes } from "../audit/index-store.js";
 import { indexedTimeline } from "../audit/index-timeline.js";
 import { journalNote } from "../audit/journal-note.js";
 import { printable } from "../audit/printable.js";
@@ -577,6 +577,7 @@ function sideIndex(reader: AuditReader, home: string, v: Values): AuditIndex | u
     return undefined;
   }
   try {
+    sweepIndexes(dir);
     return AuditIndex.open(reader, home, dir, note);
   } catch (e) {
     note(`the side index at ${dir} cannot be used (${(e as Error).message}): every record is decoded`);
