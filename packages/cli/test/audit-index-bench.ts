@@ -29,9 +29,11 @@ const home = join(dir, "home");
 const cache = join(dir, "cache");
 
 function entry(i: number): AuditEntry {
-  const persona = i % 200 === 7 ? "mallory" : `p${i % 20}`;
-  const session = `sess-${persona}-${Math.floor(i / 5000)}`;
   const k = i % 10;
+  // An outcome (k = 7) is its intent's persona's, in its session.
+  const who = k === 7 ? i - 1 : i;
+  const persona = who % 200 === 7 || who % 200 === 6 ? "mallory" : `p${who % 20}`;
+  const session = `sess-${persona}-${Math.floor(who / 5000)}`;
   if (k < 6)
     return {
       session,

@@ -7,7 +7,8 @@ import { after, before, describe, it } from "node:test";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, SqliteStore } from "@kpip/kernel";
 import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
-import { globMatcher } from "../src/audit/filters.js";
+import { globMatcher, patternTest } from "../src/audit/filters.js";
+import { type QueryFilter, queryRecords } from "../src/audit/index-query.js";
 import { Decoder } from "../src/audit/index-read.js";
 import { AuditIndex } from "../src/audit/index-store.js";
 import { indexedTimeline } from "../src/audit/index-timeline.js";
@@ -314,33 +315,58 @@ describe("the audit side index", () => {
     }
   });
 
-  it("answers as the scan across chunks (a chunk of 500 records): rows, pages, pairs across chunk ends, summaries", () => {
+  it("answers as the scan across chunks (a chunk of 500 records) and with values past its string tables: rows, pages, pairs across chunk ends, summaries", () => {
     const reader = openAuditReader(join(home, "kernel.db"));
     try {
       const notes: string[] = [];
-      const idx = AuditIndex.open(reader, home, join(cache, "small-chunks"), (s) => notes.push(s), 500) as AuditIndex;
-      assert.ok(idx.chunkCount > 5, `${idx.chunkCount} chunks`);
-      const filters: [TimelineFilter, string | undefined][] = [
-        [{}, undefined],
-        [{ persona: globMatcher("alice/**", "/") }, undefined],
-        [{ op: globMatcher("storage.*", ".") }, undefined],
-        [{ target: globMatcher("obj://ws/**", "/", true) }, "obj://ws/**"],
-        [{ target: globMatcher("token://", "/", true) }, "token://"],
-        [{ seq: { from: 1200, to: 2600 } }, undefined],
-        [{ token: TOKENS[2] as string }, undefined],
-      ];
-      for (const [f, target] of filters)
-        for (const after of [0, 1700])
-          for (const limit of [7, 5000]) {
-            const a = timeline(reader, f, after, limit);
-            const b = indexedTimeline(reader, idx, f, target, after, limit);
-            assert.deepEqual(b, a, `${JSON.stringify({ ...f, target, after, limit })}`);
-            const sa = new Summary();
-            const sb = new Summary();
-            timeline(reader, f, after, 0, (r) => sa.add(r));
-            indexedTimeline(reader, idx, f, target, after, 0, (r) => sb.add(r));
-            assert.deepEqual(sb.groups(), sa.groups(), `summary ${JSON.stringify({ ...f, target, after })}`);
+      for (const shape of [{ chunkRecords: 500 }, { chunkRecords: 700, dictEntries: 3 }]) {
+        const idx = AuditIndex.open(
+          reader,
+          home,
+          join(cache, `small-${shape.chunkRecords}`),
+          (s) => notes.push(s),
+          shape,
+        ) as AuditIndex;
+        assert.ok(idx.chunkCount > 3, `${idx.chunkCount} chunks`);
+        const filters: [TimelineFilter, string | undefined][] = [
+          [{}, undefined],
+          [{ persona: globMatcher("alice/**", "/") }, undefined],
+          [{ op: globMatcher("storage.*", ".") }, undefined],
+          [{ target: globMatcher("obj://ws/**", "/", true) }, "obj://ws/**"],
+          [{ target: globMatcher("token://", "/", true) }, "token://"],
+          [{ seq: { from: 1200, to: 2600 } }, undefined],
+          [{ token: TOKENS[2] as string }, undefined],
+        ];
+        for (const [f, target] of filters)
+          for (const after of [0, 1700])
+            for (const limit of [7, 5000]) {
+              const a = timeline(reader, f, after, limit);
+              const b = indexedTimeline(reader, idx, f, target, after, limit);
+              assert.deepEqual(b, a, `${JSON.stringify({ ...f, target, after, limit })}`);
+              const sa = new Summary();
+              const sb = new Summary();
+              timeline(reader, f, after, 0, (r) => sa.add(r));
+              indexedTimeline(reader, idx, f, target, after, 0, (r) => sb.add(r));
+              assert.deepEqual(sb.groups(), sa.groups(), `summary ${JSON.stringify({ ...f, target, after })}`);
+            }
+        const queries: QueryFilter[] = [
+          {},
+          { persona: patternTest("alice/**") },
+          { op: patternTest("storage.*"), status: "FAILURE" },
+          { op: patternTest("*") },
+          { status: "SUCCESS", persona: patternTest("mallory") },
+        ];
+        for (const q of queries)
+          for (const limit of [4, 10_000]) {
+            const a = queryRecords(reader, undefined, q, limit);
+            const b = queryRecords(reader, idx, q, limit);
+            assert.equal(b.total, a.total);
+            assert.deepEqual(
+              b.rows.map((r) => r.hash),
+              a.rows.map((r) => r.hash),
+            );
           }
+      }
       assert.deepEqual(notes, []);
     } finally {
       reader.close();

@@ -166,6 +166,8 @@ interface Meta {
   home: string;
   /** Records a chunk holds when full. */
   chunkRecords: number;
+  /** Entries each string table holds at most, when fewer than DICT_BOUNDS's. */
+  dictEntries?: number;
   /** Records per chunk file, oldest first, and the hash of each chunk's first record. */
   chunks: { n: number; firstSeq: number; firstHash: string }[];
   last: { seq: number; hash: string } | null;
@@ -299,7 +301,8 @@ export class AuditIndex {
     home: string,
     dir: string,
     note: (s: string) => void,
-    chunkRecords = CHUNK,
+    /** Smaller chunks and string tables (tests: several chunks, values past the tables on a short record). */
+    shape: { chunkRecords?: number; dictEntries?: number } = {},
   ): AuditIndex | undefined {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = statSync(dir);
@@ -312,7 +315,8 @@ export class AuditIndex {
       // Anew: nothing of the old index is kept (its chunk files past the new ones' would linger).
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      idx = new AuditIndex(dir, emptyMeta(home, chunkRecords), emptyDicts(), undefined);
+      const meta = emptyMeta(home, shape.chunkRecords ?? CHUNK, shape.dictEntries);
+      idx = new AuditIndex(dir, meta, emptyDicts(meta.dictEntries), undefined);
       writeFileSync(join(dir, "home"), idx.meta.home, { mode: 0o600 });
     }
     return idx.update(reader) ? idx : undefined;
@@ -348,7 +352,7 @@ export class AuditIndex {
       }
     }
     const dicts = {} as Record<DictName, Dict>;
-    for (const k of DICTS) dicts[k] = Dict.from(meta.dicts[k] ?? [""], DICT_BOUNDS[k]);
+    for (const k of DICTS) dicts[k] = Dict.from(meta.dicts[k] ?? [""], bounds(k, meta.dictEntries));
     const idx = new AuditIndex(dir, meta, dicts, undefined);
     const lastChunk = meta.chunks.length - 1;
     if (lastChunk >= 0) {
@@ -437,11 +441,12 @@ function grow(c: Chunk, cap: number): Chunk {
 
 const chunkName = (i: number) => `chunk-${String(i).padStart(6, "0")}.bin`;
 
-function emptyMeta(home: string, chunkRecords: number): Meta {
+function emptyMeta(home: string, chunkRecords: number, dictEntries: number | undefined): Meta {
   return {
     version: VERSION,
     home: realpathSync(home),
     chunkRecords,
+    ...(dictEntries !== undefined ? { dictEntries } : {}),
     chunks: [],
     last: null,
     dicts: {} as Record<DictName, string[]>,
@@ -449,10 +454,16 @@ function emptyMeta(home: string, chunkRecords: number): Meta {
   };
 }
 
-function emptyDicts(): Record<DictName, Dict> {
+function emptyDicts(entries: number | undefined): Record<DictName, Dict> {
   const d = {} as Record<DictName, Dict>;
-  for (const k of DICTS) d[k] = new Dict(DICT_BOUNDS[k]);
+  for (const k of DICTS) d[k] = new Dict(bounds(k, entries));
   return d;
+}
+
+/** A table's bounds, its entries at most `entries` when given. */
+function bounds(k: DictName, entries: number | undefined): [number, number] {
+  const [n, chars] = DICT_BOUNDS[k];
+  return [entries === undefined ? n : Math.min(n, entries), chars];
 }
 
 function writeAtomic(path: string, bytes: Buffer): void {
