@@ -220,7 +220,7 @@ export function indexDir(home: string, root: string | undefined): string | undef
   }
   const realBase = join(realpathSync(probe), ...rest);
   const rel = relative(realHome, realBase);
-  if (rel === "" || (!rel.startsWith("..") && !rel.startsWith(sep))) {
+  if (rel === "" || (rel !== ".." && !rel.startsWith(`..${sep}`) && !rel.startsWith(sep))) {
     if (root !== undefined)
       throw new UsageError(`--index-dir ${root} is inside the home ${home}: the evidence is only read, never written`);
     return undefined;
