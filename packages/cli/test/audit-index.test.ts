@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, SqliteStore } from "@kpip/kernel";
 import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
+import Database from "better-sqlite3";
 import { globMatcher, patternTest } from "../src/audit/filters.js";
 import { type QueryFilter, queryRecords } from "../src/audit/index-query.js";
 import { Decoder } from "../src/audit/index-read.js";
@@ -396,6 +397,36 @@ describe("the audit side index", () => {
     const again = await kpip(["audit", "query", "--limit", "1", "--home", home, "--index-dir", cache]);
     assert.equal(again.code, 0, again.err);
     assert.equal(hashed(), 1);
+  });
+
+  it("answers by the full read when a record it names is gone from the log under an unchanged head (spans cut from the middle)", async () => {
+    const cut = join(dir, "cut");
+    cpSync(home, cut, { recursive: true });
+    const built = await kpip(["audit", "query", "--limit", "1", "--home", cut, "--index-dir", cache]);
+    assert.equal(built.code, 0, built.err);
+    const db = new Database(join(cut, "kernel.db"));
+    // A span in the middle (neither the first chunk's first record nor the last record).
+    const spans = db.prepare("SELECT first_seq AS f, last_seq AS l FROM audit_batches ORDER BY first_seq").all() as {
+      f: number;
+      l: number;
+    }[];
+    assert.ok(spans.length >= 3, `${spans.length} spans`);
+    const mid = spans[Math.floor(spans.length / 2)] as { f: number; l: number };
+    db.prepare("DELETE FROM audit_batches WHERE first_seq = ?").run(mid.f);
+    db.close();
+    const timelineArgs = ["timeline", "--json", "--limit", "100000"];
+    const scan = await kpip(["audit", ...timelineArgs, "--home", cut, "--no-index"]);
+    const idx = await kpip(["audit", ...timelineArgs, "--home", cut, "--index-dir", cache]);
+    assert.equal(idx.out, scan.out);
+    assert.match(idx.err, /is in the audit index but not in the log: every record is decoded/);
+    // Discarded: the next runs build it on the log as it is and answer from it.
+    for (const args of [timelineArgs, ["query", "--json", "--limit", "100000"]]) {
+      const full = await kpip(["audit", ...args, "--home", cut, "--no-index"]);
+      const next = await kpip(["audit", ...args, "--home", cut, "--index-dir", cache]);
+      assert.equal(next.out, full.out, args.join(" "));
+      assert.equal(next.err, full.err, args.join(" "));
+    }
+    rmSync(cut, { recursive: true, force: true });
   });
 
   it("is never kept inside the home", async () => {

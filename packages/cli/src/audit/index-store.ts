@@ -283,6 +283,11 @@ export class AuditIndex {
     return this.meta.chunks[i]?.firstSeq ?? 0;
   }
 
+  /** Removes the index (it named a record the log does not hold): the next run builds it anew. */
+  discard(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
   /** Chunk `i`'s columns (the last one from memory after an update). */
   chunk(i: number): Chunk {
     const m = this.meta.chunks[i];

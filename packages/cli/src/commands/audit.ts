@@ -592,7 +592,8 @@ function withIndex<T>(idx: AuditIndex | undefined, fn: (idx: AuditIndex | undefi
     return fn(idx);
   } catch (e) {
     if (!(e instanceof IndexStaleError)) throw e;
-    process.stderr.write(`kpip audit: ${e.message}: every record is decoded\n`);
+    idx.discard();
+    process.stderr.write(`kpip audit: ${e.message}: every record is decoded (the index is built anew next time)\n`);
     return fn(undefined);
   }
 }
