@@ -60,10 +60,10 @@ export interface TimelinePage {
 export const PAIR_LOOKBACK = 65_536;
 
 /** Pairs an outcome with its intent: same kernel, session, request id and intent hash. */
-const pairKey = (r: AuditRecord) =>
+export const pairKey = (r: AuditRecord) =>
   `${r.kernel}\0${r.session}\0${r.requestId}\0${r.intentHash ? Buffer.from(r.intentHash).toString("hex") : ""}`;
 
-function fromRecord(r: AuditRecord): TimelineRow {
+export function fromRecord(r: AuditRecord): TimelineRow {
   // A single record is written when its request ends; its duration says when it began.
   const single = r.phase !== "intent";
   const start = single && r.durationUs !== null ? r.time - Math.round(r.durationUs / 1000) : r.time;
@@ -145,12 +145,7 @@ export function timeline(
         pending.delete(key);
         if (p) {
           waiting--;
-          p.outcomeSeq = r.seq;
-          p.end = r.time;
-          p.status = r.status;
-          p.errorClass = r.errorClass;
-          p.message = r.message;
-          p.detail = r.detail ?? p.detail;
+          mergeOutcome(p, r);
           visit?.(p);
         }
         continue;
@@ -160,7 +155,16 @@ export function timeline(
     const keep = row.seq > after && matches(row, f);
     if (r.phase === "intent") {
       const shown = keep && (!collect || rows.length < limit);
-      pending.set(pairKey(r), shown ? row : null);
+      const key = pairKey(r);
+      // An intent waiting under the same key will never get its outcome: its row is complete now
+      // (it was lost to a summary), and this one waits in its place, in its own order.
+      const prev = pending.get(key);
+      if (prev) {
+        waiting--;
+        visit?.(prev);
+      }
+      pending.delete(key);
+      pending.set(key, shown ? row : null);
       if (shown) waiting++;
     }
     if (!keep) continue;
@@ -175,8 +179,18 @@ export function timeline(
   return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null, tokens };
 }
 
+/** An intent's row completed by its outcome record. */
+export function mergeOutcome(p: TimelineRow, r: AuditRecord): void {
+  p.outcomeSeq = r.seq;
+  p.end = r.time;
+  p.status = r.status;
+  p.errorClass = r.errorClass;
+  p.message = r.message;
+  p.detail = r.detail ?? p.detail;
+}
+
 /** The ids of `row` a --token prefix `t` matches ({@link matches}): its tokens, the token it is about, a whole id in its detail. */
-function tokensMatched(row: TimelineRow, t: string): string[] {
+export function tokensMatched(row: TimelineRow, t: string): string[] {
   const ids = row.tokens.filter((id) => id.startsWith(t));
   if (row.target?.startsWith(`token://${t}`)) ids.push(row.target.slice("token://".length));
   if (t.length === 32 && detailNamesToken(row, t)) ids.push(t);

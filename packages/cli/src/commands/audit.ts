@@ -19,12 +19,17 @@ import {
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
+import type { QueryFilter } from "../audit/index-query.js";
+import { queryRecords } from "../audit/index-query.js";
+import { IndexStaleError } from "../audit/index-read.js";
+import { AuditIndex, indexDir, sweepIndexes } from "../audit/index-store.js";
+import { indexedTimeline } from "../audit/index-timeline.js";
 import { journalNote } from "../audit/journal-note.js";
 import { printable } from "../audit/printable.js";
 import { prunedNote } from "../audit/pruned-note.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
 import { Summary } from "../audit/summary.js";
-import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
+import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, type TimelineRow, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
 import { report, reportText } from "../audit/verify.js";
 import type { Command, Values } from "../command.js";
@@ -108,7 +113,7 @@ function pageNote(json: boolean, shown: number, more: number, next: number | nul
 const FLAGS: Record<string, string[]> = {
   verify: ["anchors", "max-unsigned"],
   tail: ["n", "follow"],
-  query: ["persona", "op", "status", "since", "limit"],
+  query: ["persona", "op", "status", "since", "limit", "no-index", "index-dir"],
   timeline: [
     "trace",
     "session",
@@ -123,6 +128,8 @@ const FLAGS: Record<string, string[]> = {
     "limit",
     "after",
     "summary",
+    "no-index",
+    "index-dir",
   ],
   show: ["raw", "body"],
   tokens: ["format", "token"],
@@ -192,6 +199,16 @@ export const auditCommand: Command = {
     },
     raw: { type: "string", description: "show: write the intent's bytes (or --body's) to this file (- for stdout)" },
     body: { type: "string", description: "show: with --raw, the byte value at this path of the intent (args.data)" },
+    "no-index": {
+      type: "boolean",
+      description:
+        "query, timeline: decode every record (the full scan) instead of answering from the side index; the same answer, slower on a long log",
+    },
+    "index-dir": {
+      type: "string",
+      description:
+        "query, timeline: where the side index is kept (default $XDG_CACHE_HOME/kpip/audit-index, else ~/.cache/kpip/audit-index); never inside the home",
+    },
     format: { type: "string", description: "tokens: text (a tree, the default), json (one token per line) or dot (Graphviz)" },
   },
   async run(v, pos) {
@@ -398,38 +415,22 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
 }
 
 function query(home: string, v: Values, json: boolean): number {
-  const tests: ((r: AuditRecord) => boolean)[] = [];
-  if (v.persona !== undefined) {
-    const t = patternTest(v.persona as string, "--persona");
-    tests.push((r) => t(r.persona));
-  }
-  if (v.op !== undefined) {
-    const t = patternTest(v.op as string, "--op");
-    tests.push((r) => t(r.op));
-  }
+  const q: QueryFilter = {};
+  if (v.persona !== undefined) q.persona = patternTest(v.persona as string, "--persona");
+  if (v.op !== undefined) q.op = patternTest(v.op as string, "--op");
   if (v.status !== undefined) {
     const s = (v.status as string).toUpperCase();
     if (!["SUCCESS", "FAILURE", "PARTIAL", "DEFERRED"].includes(s))
       throw new UsageError("--status must be SUCCESS, FAILURE, PARTIAL or DEFERRED");
-    tests.push((r) => r.status === s);
+    q.status = s;
   }
-  if (v.since !== undefined) {
-    const since = parseTime(v.since as string, "--since");
-    tests.push((r) => r.time >= since);
-  }
+  if (v.since !== undefined) q.since = parseTime(v.since as string, "--since");
   const limit = v.limit === undefined ? 100 : parsePositive(v.limit as string, "--limit");
   const reader = openHome(home);
   try {
-    // The fields are in the records' bytes only: every record is decoded and tested, the newest `limit` kept.
-    let total = 0;
-    let kept: AuditRecord[] = [];
-    for (const r of reader.records()) {
-      if (!tests.every((t) => t(r))) continue;
-      total++;
-      kept.push(r);
-      if (kept.length >= 2 * limit) kept = kept.slice(-limit);
-    }
-    const rows = kept.slice(-limit);
+    // The fields are in the records' bytes only: the full scan decodes every record; the side index only those it cannot rule out.
+    const idx = sideIndex(reader, home, v);
+    const { rows, total } = withIndex(idx, (i) => queryRecords(reader, i, q, limit));
     if (json) for (const r of rows) process.stdout.write(`${JSON.stringify(recordJson(r))}\n`);
     else {
       process.stdout.write(`${HEADER}\n`);
@@ -478,8 +479,16 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
       f.tokenSet = derivedTokens(reader, f.token as string);
       delete f.token;
     }
-    if (v.summary === true) return summaryOut(reader, f, after, limit, json);
-    const page = timeline(reader, f, after, limit);
+    const idx = f.trace === undefined && f.tokenSet === undefined ? sideIndex(reader, home, v) : undefined;
+    const target = v.target as string | undefined;
+    // `visitor` makes the summary's counter afresh for each try (a stale index's is answered again by the scan).
+    const walk = (visitor?: () => (row: TimelineRow) => void, lim = limit) =>
+      withIndex(idx, (i) => {
+        const visit = visitor?.();
+        return i ? indexedTimeline(reader, i, f, target, after, lim, visit) : timeline(reader, f, after, lim, visit);
+      });
+    if (v.summary === true) return summaryOut(reader, f, limit, json, walk);
+    const page = walk();
     // As audit tokens: a prefix naming several tokens would show their requests as one token's.
     if (page.tokens.size > 1) {
       const ids = [...page.tokens];
@@ -503,9 +512,18 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
 }
 
 /** `timeline --summary`: the groups, rarest first, `limit` of them; how many more on stderr. */
-function summaryOut(reader: AuditReader, f: TimelineFilter, after: number, limit: number, json: boolean): number {
-  const sum = new Summary();
-  const tokens = timeline(reader, f, after, 0, (r) => sum.add(r)).tokens;
+function summaryOut(
+  reader: AuditReader,
+  f: TimelineFilter,
+  limit: number,
+  json: boolean,
+  walk: (visitor: () => (row: TimelineRow) => void, limit: number) => { tokens: Set<string> },
+): number {
+  let sum = new Summary();
+  const tokens = walk(() => {
+    sum = new Summary();
+    return (r) => sum.add(r);
+  }, 0).tokens;
   if (tokens.size > 1) {
     const ids = [...tokens];
     throw new UsageError(
@@ -544,6 +562,40 @@ function summaryOut(reader: AuditReader, f: TimelineFilter, after: number, limit
   prunedNote(reader, json);
   journalNote(reader, json);
   return EXIT.OK;
+}
+
+/**
+ * The side index of the home (index-store.ts), brought up to the log's head; undefined with
+ * --no-index, or where none can be kept (said on stderr): then the full scan answers.
+ */
+function sideIndex(reader: AuditReader, home: string, v: Values): AuditIndex | undefined {
+  if (v["no-index"] === true) return undefined;
+  const note = (s: string) => process.stderr.write(`kpip audit: ${s}\n`);
+  const dir = indexDir(home, v["index-dir"] as string | undefined);
+  if (dir === undefined) {
+    note("the cache directory is inside the home: no side index (--index-dir elsewhere)");
+    return undefined;
+  }
+  try {
+    sweepIndexes(dir);
+    return AuditIndex.open(reader, home, dir, note);
+  } catch (e) {
+    note(`the side index at ${dir} cannot be used (${(e as Error).message}): every record is decoded`);
+    return undefined;
+  }
+}
+
+/** `fn` with the index, or again by the full scan when the index turned out not to be the log's. */
+function withIndex<T>(idx: AuditIndex | undefined, fn: (idx: AuditIndex | undefined) => T): T {
+  if (!idx) return fn(undefined);
+  try {
+    return fn(idx);
+  } catch (e) {
+    if (!(e instanceof IndexStaleError)) throw e;
+    idx.discard();
+    process.stderr.write(`kpip audit: ${e.message}: every record is decoded (the index is built anew next time)\n`);
+    return fn(undefined);
+  }
 }
 
 /**
