@@ -1,0 +1,45 @@
+import type Database from "better-sqlite3";
+import { TOKENS_VIEWERS_GONE } from "../store/sqlite/schema.js";
+
+/** Most schema objects named in a refusal: the rest are counted. */
+const NAMED = 8;
+
+/**
+ * What in a home's schema runs SQL a kernel never wrote when the audit tools read or index it:
+ * a view (one named as a table the tools read — audit_batches, tokens — is read in its place,
+ * and a recursive one never ends), a trigger other than the kernel's own (it runs when the tools
+ * index a stopped kernel's tail into their private copy), a virtual table, a generated column
+ * (computed on every read: zeroblob(1e9) a row) and an index on an expression. A kernel makes
+ * none of them, so their presence says the evidence was tampered with; better-sqlite3 offers no
+ * way to interrupt a statement, so they are refused before any other statement runs. Reading
+ * sqlite_master and the table_xinfo/index_xinfo pragmas runs nothing of the schema.
+ */
+export function foreignSchema(db: Database.Database): string[] {
+  const found: string[] = [];
+  const objects = db.prepare("SELECT type, name, tbl_name, sql FROM main.sqlite_master").all() as {
+    type: string;
+    name: string;
+    tbl_name: string;
+    sql: string | null;
+  }[];
+  for (const o of objects) {
+    if (o.type === "view") found.push(`view ${o.name}`);
+    else if (o.type === "trigger" && o.sql !== TOKENS_VIEWERS_GONE) found.push(`trigger ${o.name} on ${o.tbl_name}`);
+    else if (o.type === "table" && o.sql !== null && /^\s*CREATE\s+VIRTUAL\b/i.test(o.sql)) found.push(`virtual table ${o.name}`);
+    else if (o.type === "table") {
+      const cols = db.prepare("SELECT name, hidden FROM pragma_table_xinfo(?)").all(o.name) as { name: string; hidden: number }[];
+      for (const c of cols) if (c.hidden === 2 || c.hidden === 3) found.push(`generated column ${o.name}.${c.name}`);
+    } else if (o.type === "index") {
+      const keys = db.prepare("SELECT cid FROM pragma_index_xinfo(?)").pluck(true).all(o.name) as number[];
+      if (keys.includes(-2)) found.push(`index ${o.name} on an expression`);
+    }
+  }
+  return found;
+}
+
+/** The refusal's text: what was found, the first few named. */
+export function foreignSchemaText(found: readonly string[]): string {
+  const named = found.slice(0, NAMED).join(", ");
+  const more = found.length > NAMED ? ` and ${found.length - NAMED} more` : "";
+  return `its schema holds what no kpip kernel makes — ${named}${more}: the evidence was tampered with, and the audit tools run none of its SQL (inspect it with sqlite3 on a copy)`;
+}
