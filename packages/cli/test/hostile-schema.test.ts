@@ -84,6 +84,7 @@ describe("audit tools on a home whose schema runs SQL of its own", () => {
         ["tokens"],
         /generated column tokens\.pad, index meta_len on an expression/,
       ],
+      ["a virtual table", "CREATE VIRTUAL TABLE notes USING fts5 (body);", ["query"], /virtual table notes/],
     ];
     for (const [what, sql, sub, names] of cases) {
       const dir = tampered(sql);
