@@ -84,6 +84,17 @@ describe("audit tools on a home whose schema runs SQL of its own", () => {
         ["tokens"],
         /generated column tokens\.pad, index meta_len on an expression/,
       ],
+      [
+        "a check constraint on audit_batches of thousands of costly terms, evaluated by the tail's indexing; a partial index on audit_checkpoints",
+        `PRAGMA ignore_check_constraints = ON;
+         CREATE TABLE batches (first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, segment INTEGER NOT NULL, offset INTEGER NOT NULL,
+           length INTEGER NOT NULL, CHECK (${Array(900).fill("length(hex(zeroblob(1000000 + length)))").join(" + ")} > 0));
+         INSERT INTO batches SELECT * FROM audit_batches WHERE first_seq < (SELECT max(first_seq) FROM audit_batches);
+         DROP TABLE audit_batches; ALTER TABLE batches RENAME TO audit_batches;
+         CREATE INDEX recent ON audit_checkpoints (seq) WHERE time > 0;`,
+        ["verify"],
+        /check constraint on audit_batches, partial index recent on audit_checkpoints/,
+      ],
       ["a virtual table", "CREATE VIRTUAL TABLE notes USING fts5 (body);", ["query"], /virtual table notes/],
     ];
     for (const [what, sql, sub, names] of cases) {

@@ -9,7 +9,8 @@ const NAMED = 8;
  * a view (one named as a table the tools read — audit_batches, tokens — is read in its place,
  * and a recursive one never ends), a trigger other than the kernel's own (it runs when the tools
  * index a stopped kernel's tail into their private copy), a virtual table, a generated column
- * (computed on every read: zeroblob(1e9) a row) and an index on an expression. A kernel makes
+ * (computed on every read: zeroblob(1e9) a row), an index on an expression, a CHECK constraint,
+ * and a DEFAULT or partial index on a table the tools write into their copy. A kernel makes
  * none of them, so their presence says the evidence was tampered with; better-sqlite3 offers no
  * way to interrupt a statement, so they are refused before any other statement runs. Reading
  * sqlite_master and the table_xinfo/index_xinfo pragmas runs nothing of the schema.
@@ -17,7 +18,7 @@ const NAMED = 8;
 export function foreignSchema(db: Database.Database): string[] {
   const found: string[] = [];
   const objects = db
-    .prepare("SELECT type, name, tbl_name, sql FROM main.sqlite_master WHERE type IN ('view', 'trigger', 'table')")
+    .prepare("SELECT type, name, tbl_name, sql FROM main.sqlite_master WHERE type IN ('view', 'trigger', 'table', 'index')")
     .all() as {
     type: string;
     name: string;
@@ -28,6 +29,11 @@ export function foreignSchema(db: Database.Database): string[] {
     if (o.type === "view") found.push(`view ${o.name}`);
     else if (o.type === "trigger" && o.sql !== TOKENS_VIEWERS_GONE) found.push(`trigger ${o.name} on ${o.tbl_name}`);
     else if (o.type === "table" && o.sql !== null && VIRTUAL.test(o.sql)) found.push(`virtual table ${o.name}`);
+    else if (o.type === "table" && o.sql !== null && /\bCHECK\b/i.test(o.sql)) found.push(`check constraint on ${o.name}`);
+    else if (o.type === "table" && o.sql !== null && WRITTEN.has(o.name) && /\bDEFAULT\b/i.test(o.sql))
+      found.push(`default value on ${o.name}`);
+    else if (o.type === "index" && o.sql !== null && WRITTEN.has(o.tbl_name) && /\bWHERE\b/i.test(o.sql))
+      found.push(`partial index ${o.name} on ${o.tbl_name}`);
   }
   // A virtual table's module would be connected to list its columns: named already, it is refused as it is.
   if (found.some((f) => f.startsWith("virtual table"))) return found;
@@ -52,6 +58,13 @@ export function foreignSchema(db: Database.Database): string[] {
 }
 
 const VIRTUAL = /^\s*CREATE\s+VIRTUAL\b/i;
+
+/**
+ * The tables a reader writes into its private copy (reader.ts: a stopped kernel's journalled or
+ * segment tail): a CHECK, a DEFAULT or a partial index's WHERE there is an expression each
+ * insert evaluates, and one expression can hold thousands of terms (a gigabyte string each).
+ */
+const WRITTEN = new Set(["audit", "audit_batches", "audit_checkpoints"]);
 
 /** The refusal's text: what was found, the first few named. */
 export function foreignSchemaText(found: readonly string[]): string {
