@@ -24,6 +24,7 @@ import { AuditReads } from "../store/sqlite/audit-read.js";
 import { type AuditReadApi, SegmentReads } from "../store/sqlite/audit-segment-read.js";
 import { indexJournalFile } from "../store/sqlite/journal-replay.js";
 import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
+import { foreignSchema, foreignSchemaText } from "./evidence-schema.js";
 import { batchShape } from "./record-size.js";
 import type { RangeVerifier } from "./verify.js";
 import { RecordScan } from "./verify-records.js";
@@ -353,6 +354,9 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
   try {
     // The private copy is opened read-write so SQLite can recover its -wal; nothing is written.
     opened = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
+    // Before any statement that could run the schema's SQL (a view read, a trigger fired by the tail's indexing).
+    const foreign = foreignSchema(opened);
+    if (foreign.length > 0) throw new HomeReadError(`${path}: ${foreignSchemaText(foreign)}`, "corrupt");
     const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
     if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");

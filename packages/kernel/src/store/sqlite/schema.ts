@@ -111,6 +111,13 @@ export const insertViewers = (where: string): string =>
   `WHERE ${where}`;
 
 /**
+ * The one trigger a kernel makes, as SQLite keeps it in sqlite_master: the audit tools refuse a
+ * home with any other (audit/evidence-schema.ts).
+ */
+export const TOKENS_VIEWERS_GONE =
+  "CREATE TRIGGER tokens_viewers_gone AFTER DELETE ON tokens BEGIN DELETE FROM token_viewers WHERE token_seq = old.rowid; END";
+
+/**
  * Who sees each token (token.list, and the ownership of token ops): its subject, its minter and
  * the subjects of the tokens up its chain, one row each, written with the token. token.list read
  * a page of the whole table and looked up every chain id of each row the caller did not own
@@ -123,9 +130,7 @@ function migrateTokenViewers(db: Database.Database): void {
   );
   db.exec("CREATE INDEX IF NOT EXISTS token_viewers_token ON token_viewers (token_seq)");
   // A token's rows go with it, however it is deleted (pruning, an operator's tool).
-  db.exec(
-    "CREATE TRIGGER IF NOT EXISTS tokens_viewers_gone AFTER DELETE ON tokens BEGIN DELETE FROM token_viewers WHERE token_seq = old.rowid; END",
-  );
+  db.exec(TOKENS_VIEWERS_GONE.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS"));
   moveOnce(db, "token_viewers_filled", () => db.exec(insertViewers("1")));
 }
 
