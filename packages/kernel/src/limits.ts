@@ -86,6 +86,15 @@ export const DEDUPE_ADMIN_RESERVE_SHARE = 16;
 /** How often housekeeping prunes dedupe answers, finished ops, expired tokens and old audit records. */
 export const PRUNE_INTERVAL_MS = 60_000;
 
+/**
+ * How soon the refusals counted past the refusal rate go on the record (one `audit.suppressed`
+ * record per session), from the first one counted: they are answered at once, so a kernel
+ * killed before their record committed leaves them off the record for good. At the tick
+ * (2.5 s by default) that was up to thousands of answered refusals (case 830); now at most this
+ * long's, and at most 4 aggregate records a second per flooding session.
+ */
+export const SUPPRESSED_FLUSH_MS = 250;
+
 /** The housekeeping timer's shortest period (it runs at half the shorter of heartbeat and handshake timeout). */
 export const MIN_TICK_MS = 50;
 

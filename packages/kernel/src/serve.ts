@@ -20,7 +20,6 @@ function parseFlags(argv: string[]): Partial<Record<keyof KernelConfig, unknown>
 
 const kernel = new Kernel(parseFlags(process.argv.slice(2)) as Partial<KernelConfig>);
 await kernel.start();
-process.stdout.write(`kpip kernel ${kernel.kernelId} is running on ${kernel.socketPath}\n`);
 const stop = (signal: NodeJS.Signals) => {
   kernel.stop(signal).then(
     // process.exit, not a natural exit: after a storage failure SQLite's close must not run (kernel.storageFailure).
@@ -30,3 +29,5 @@ const stop = (signal: NodeJS.Signals) => {
 };
 process.once("SIGINT", stop);
 process.once("SIGTERM", stop);
+// Listening before the ready line: a SIGTERM sent as it is read is a clean stop (case 831).
+process.stdout.write(`kpip kernel ${kernel.kernelId} is running on ${kernel.socketPath}\n`);

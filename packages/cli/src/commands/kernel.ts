@@ -65,6 +65,20 @@ export const kernelCommand: Command = {
       }
       throw e;
     }
+    // Listening before the ready line: a supervisor that stops the kernel as soon as it reads the
+    // line (a SIGTERM in the same instant) gets a clean stop, not Node's default death by the
+    // signal — no kernel.stop record, the next start recovering as after a kill (case 831).
+    const stopped = new Promise<void>((resolve) => {
+      let stopping = false;
+      const stop = (signal: NodeJS.Signals) => {
+        if (stopping) return;
+        stopping = true;
+        process.stdout.write("stopping: draining sessions, flushing the audit log…\n");
+        kernel.stop(signal).then(resolve, resolve);
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
     const fromRepo = process.env.npm_lifecycle_event === "start";
     const call = fromRepo ? "npm run kpip -- call system.health" : `kpip call system.health --home ${kernel.config.home}`;
     process.stdout.write(
@@ -80,17 +94,7 @@ export const kernelCommand: Command = {
         "",
       ].join("\n"),
     );
-    await new Promise<void>((resolve) => {
-      let stopping = false;
-      const stop = (signal: NodeJS.Signals) => {
-        if (stopping) return;
-        stopping = true;
-        process.stdout.write("stopping: draining sessions, flushing the audit log…\n");
-        kernel.stop(signal).then(resolve, resolve);
-      };
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
-    });
+    await stopped;
     const failed = kernel.storageFailure;
     if (failed) {
       process.stderr.write(

@@ -67,10 +67,24 @@ export const SPAWN_ENV = "KPIP_SPAWN";
  */
 export function stillOwnGroup(pid: number, procId: string, spawn: string, procRoot = "/proc"): boolean {
   const now = processIdentity(pid, procRoot);
-  if (now !== undefined) return now === procId;
+  // A leader that ended and awaits reaping (a zombie: its kernel died, and whoever adopted it
+  // has not reaped it yet — seconds under some inits) keeps its identity but runs nothing: the
+  // group is the spawn's only if a live member carries its entry, as when the leader is gone.
+  if (now !== undefined && !ended(pid, procRoot)) return now === procId;
   const scope = pidScope();
   if (scope === undefined || procId.slice(0, procId.lastIndexOf(" ")) !== scope) return false;
   return groupCarries(pid, `${SPAWN_ENV}=${spawn}`, procRoot);
+}
+
+/** Whether process `pid` has ended and not been reaped (state Z, zombie, or X, dead). */
+function ended(pid: number, procRoot: string): boolean {
+  try {
+    const stat = readFileSync(`${procRoot}/${pid}/task/${pid}/stat`, "utf8");
+    const state = stat.charAt(stat.lastIndexOf(")") + 2);
+    return state === "Z" || state === "X";
+  } catch {
+    return true;
+  }
 }
 
 /** Whether a process of group `pgid` has `entry` in its environment (as it was exec'd). */

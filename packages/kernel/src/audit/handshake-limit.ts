@@ -37,6 +37,8 @@ export class HandshakeRecordLimiter {
   private readonly transports: RateBuckets;
   private readonly peers: RateBuckets;
   private readonly pending = new Map<string, SuppressedHandshakes & { named: number }>();
+  /** Told of the first failure counted since the last {@link take}: the kernel records the counts soon after (case 830). */
+  onCounted: (() => void) | undefined;
 
   constructor(
     private readonly limits: HandshakeRecordLimits,
@@ -63,6 +65,7 @@ export class HandshakeRecordLimiter {
     if (!agg) {
       agg = { transport, count: 0, codes: {}, peers: {}, otherPeers: 0, since: now, named: 0 };
       this.pending.set(transport, agg);
+      this.onCounted?.();
     }
     agg.count++;
     agg.codes[code] = (Object.hasOwn(agg.codes, code) ? (agg.codes[code] as number) : 0) + 1;

@@ -7,6 +7,7 @@ import { LiveSessions, recoverSessions, SessionRecoveryError, settleLiveSessions
 import type { AuditLog } from "../audit/log.js";
 import { OutcomeRecoveryError, recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
+import { suppressedHandshakesRecord } from "../audit/suppressed-records.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
 import type { CapEnforcer } from "../auth/enforcer.js";
@@ -142,8 +143,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
   let uploads: UploadTable | undefined;
   let blobsRef: BlobStore | undefined;
   let pipelineRef: Pipeline | undefined;
+  let handshakesRef: HandshakeRecordLimiter | undefined;
   const closeStorage = async () => {
     pipelineRef?.flushSuppressed();
+    for (const x of handshakesRef?.take() ?? []) audit.append(suppressedHandshakesRecord(x)).catch(() => {});
     uploads?.close();
     // The bodies released since the last tick (the uploads just dropped too), while the store is open.
     releaseBodies(blobsRef, log);
@@ -593,6 +596,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
     });
     pipelineRef = pipeline;
+    const handshakeRecords = new HandshakeRecordLimiter({
+      transportRate: c.auditHandshakeRate,
+      peerRate: c.auditHandshakePeerRate,
+    });
+    handshakesRef = handshakeRecords;
     const host: SessionHost = {
       kernelId,
       limits: {
@@ -616,10 +624,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
-      handshakeRecords: new HandshakeRecordLimiter({
-        transportRate: c.auditHandshakeRate,
-        peerRate: c.auditHandshakePeerRate,
-      }),
+      handshakeRecords,
       handshakeFailed: (transport, code) => metricsRef?.handshakesFailed.inc({ transport, code }),
       peerLog,
       admitSession: (s, persona) => sessions.admit(s, persona),

@@ -3,7 +3,7 @@ import { AuditRetention } from "../audit/retention.js";
 import { suppressedHandshakesRecord } from "../audit/suppressed-records.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
-import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
+import { MIN_TICK_MS, PRUNE_INTERVAL_MS, SUPPRESSED_FLUSH_MS } from "../limits.js";
 import type { Logger } from "../log.js";
 import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
@@ -49,6 +49,17 @@ export function startHousekeeping(
       detail: { through, records, retain: c.auditRetainRecords },
     });
   };
+  // Failed handshakes counted past the record rate go on the record soon after the first of them,
+  // not only at the tick: a kill before their record leaves them off it for good (case 830).
+  let soon: NodeJS.Timeout | undefined;
+  const flushHandshakes = () => {
+    if (soon !== undefined) clearTimeout(soon);
+    soon = undefined;
+    flushSuppressedHandshakes(s);
+  };
+  s.host.handshakeRecords.onCounted = () => {
+    soon ??= setTimeout(flushHandshakes, SUPPRESSED_FLUSH_MS).unref();
+  };
   const agentPruner = new SliceLoop();
   const opPruner = new SliceLoop();
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
@@ -71,7 +82,7 @@ export function startHousekeeping(
     s.dedupe.sweep(now);
     s.applyOfflineChanges();
     s.pipeline.flushSuppressed();
-    flushSuppressedHandshakes(s);
+    flushHandshakes();
     // A timed checkpoint finds no room on a full disk (SQLITE_FULL): thrown out of the tick, it
     // ended the kernel's process. The storage's condition notes it; the next tick tries again
     // (once a tick). Each refusal renews the condition before the probe below looks at it, so while
@@ -138,6 +149,8 @@ export function startHousekeeping(
       opPruner.stop();
       events.stopSweeps();
       retention.stop();
+      // The counts since the last tick (they were dropped); the store's close writes the drain's.
+      flushHandshakes();
     },
   };
 }

@@ -15,6 +15,7 @@ import { DECODED_ITEMS_PER_SECOND, OWED_INTENT_BYTES, REFUSED_DECODE_WEIGHT, typ
 import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { StorageSpace } from "../kernel/storage-space.js";
+import { SUPPRESSED_FLUSH_MS } from "../limits.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import type { Router } from "../primitives/router.js";
@@ -148,6 +149,8 @@ export class Pipeline {
     const refusals = this.deps.refusals;
     const s = ctx.session;
     if (!refusals || refusals.admit(s.id, s.persona, r.errorClass, ctx.rec.op, ctx.rec.target)) return true;
+    // Counted, answered at once, recorded soon: not at the next tick, which a kill may never reach.
+    this.suppressedTimer ??= setTimeout(this.flushSuppressedSoon, SUPPRESSED_FLUSH_MS).unref();
     if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
     return false;
   }
@@ -164,8 +167,20 @@ export class Pipeline {
     return this.deps.audit.appendRow(entry);
   }
 
-  /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
+  /** Armed by the first refusal counted since the last flush ({@link SUPPRESSED_FLUSH_MS}). */
+  private suppressedTimer: NodeJS.Timeout | undefined;
+  private readonly flushSuppressedSoon = (): void => {
+    this.suppressedTimer = undefined;
+    this.flushSuppressed();
+  };
+
+  /**
+   * Writes one aggregate record per session for the refusals over the rate since the last call:
+   * {@link SUPPRESSED_FLUSH_MS} after the first of them, the kernel's tick, or its stop.
+   */
   flushSuppressed(): void {
+    if (this.suppressedTimer !== undefined) clearTimeout(this.suppressedTimer);
+    this.suppressedTimer = undefined;
     for (const x of this.deps.refusals?.take() ?? []) {
       this.deps.audit.append(suppressedRefusalsRecord(x)).catch(() => {});
     }
