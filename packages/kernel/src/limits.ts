@@ -90,7 +90,7 @@ export const PRUNE_INTERVAL_MS = 60_000;
  * How soon the refusals counted past the refusal rate go on the record (one `audit.suppressed`
  * record per session), from the first one counted: they are answered at once, so a kernel
  * killed before their record committed leaves them off the record for good. At the tick
- * (2.5 s by default) that was up to thousands of answered refusals (case 830); now at most this
+ * (2.5 s by default) that was up to thousands of answered refusals (case 714); now at most this
  * long's, and at most 4 aggregate records a second per flooding session.
  */
 export const SUPPRESSED_FLUSH_MS = 250;

@@ -29,5 +29,5 @@ const stop = (signal: NodeJS.Signals) => {
 };
 process.once("SIGINT", stop);
 process.once("SIGTERM", stop);
-// Listening before the ready line: a SIGTERM sent as it is read is a clean stop (case 831).
+// Listening before the ready line: a SIGTERM sent as it is read is a clean stop (case 715).
 process.stdout.write(`kpip kernel ${kernel.kernelId} is running on ${kernel.socketPath}\n`);

@@ -67,7 +67,7 @@ export const kernelCommand: Command = {
     }
     // Listening before the ready line: a supervisor that stops the kernel as soon as it reads the
     // line (a SIGTERM in the same instant) gets a clean stop, not Node's default death by the
-    // signal — no kernel.stop record, the next start recovering as after a kill (case 831).
+    // signal — no kernel.stop record, the next start recovering as after a kill (case 715).
     const stopped = new Promise<void>((resolve) => {
       let stopping = false;
       const stop = (signal: NodeJS.Signals) => {

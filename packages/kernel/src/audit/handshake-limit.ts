@@ -37,7 +37,7 @@ export class HandshakeRecordLimiter {
   private readonly transports: RateBuckets;
   private readonly peers: RateBuckets;
   private readonly pending = new Map<string, SuppressedHandshakes & { named: number }>();
-  /** Told of the first failure counted since the last {@link take}: the kernel records the counts soon after (case 830). */
+  /** Told of the first failure counted since the last {@link take}: the kernel records the counts soon after (case 714). */
   onCounted: (() => void) | undefined;
 
   constructor(

@@ -50,7 +50,7 @@ export function startHousekeeping(
     });
   };
   // Failed handshakes counted past the record rate go on the record soon after the first of them,
-  // not only at the tick: a kill before their record leaves them off it for good (case 830).
+  // not only at the tick: a kill before their record leaves them off it for good (case 714).
   let soon: NodeJS.Timeout | undefined;
   const flushHandshakes = () => {
     if (soon !== undefined) clearTimeout(soon);
