@@ -2,8 +2,8 @@
 // Runs every compiled test file with node's test runner. Usage: node scripts/test.mjs [substring...]
 // Extra filters narrow the run to test files whose path contains one of the substrings.
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -46,6 +46,9 @@ if (!Number.isInteger(concurrency) || concurrency < 1) {
   console.error(`KPIP_TEST_CONCURRENCY must be a positive integer (got ${process.env.KPIP_TEST_CONCURRENCY})`);
   process.exit(2);
 }
+// The CLI's audit tools keep a side index in the user's cache ($XDG_CACHE_HOME): the tests' homes are
+// temporary, so their indexes go to a cache of the run's own, removed with it, never the runner's ~/.cache.
+const cacheHome = mkdtempSync(join(tmpdir(), "kpip-test-cache-"));
 const started = { wall: performance.now(), cpu: childCpu() };
 const r = spawnSync(
   process.execPath,
@@ -66,8 +69,9 @@ const r = spawnSync(
     // (node 20's runner sorts the files by path itself, whatever their order here)
     ...selected.sort(),
   ],
-  { stdio: "inherit" },
+  { stdio: "inherit", env: { ...process.env, XDG_CACHE_HOME: cacheHome } },
 );
+rmSync(cacheHome, { recursive: true, force: true });
 cpuLine();
 process.exit(r.status ?? 1);
 
