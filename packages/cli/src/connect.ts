@@ -1,6 +1,6 @@
 import { closeSync, constants, existsSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
+import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity, TimeoutError } from "@kpip/client";
 import { tokenFromString } from "@kpip/protocol";
 import { readAtMost, readRegularFile, UnreadableFileError } from "@kpip/protocol/regular-file";
 import { printable } from "./audit/printable.js";
@@ -123,13 +123,17 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
       throw new UsageError(`token ${i + 1} is not a token: ${(e as Error).message}`);
     }
   }
-  const client = await KernelClient.connect({
-    socket: (v.socket as string | undefined) ?? defaultSocket(home),
-    identity: id,
-    tokens,
-    shm: false,
-    ...extra,
-  });
+  const socket = (v.socket as string | undefined) ?? defaultSocket(home);
+  let client: KernelClient;
+  try {
+    client = await KernelClient.connect({ socket, identity: id, tokens, shm: false, ...extra });
+  } catch (e) {
+    // A listener that takes the connection and never completes the handshake (a hung or fake
+    // kernel) is no kernel to use: exit 3 as for none at all, so a script can tell it from a refusal.
+    if (e instanceof TimeoutError)
+      throw new KernelUnavailableError(`no kernel answered at ${socket}: ${e.message}`, { cause: e });
+    throw e;
+  }
   for (const r of client.refusedTokens) {
     process.stderr.write(`kpip: warning: token ${r.index + 1} was not bound: ${printable(`${r.code}: ${r.message}`)}\n`);
   }

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -9,7 +11,7 @@ import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import { helpText, runCommand } from "../src/command.js";
 import { loadCommands } from "../src/commands/index.js";
-import { DISPATCH, kpip } from "./run.js";
+import { DISPATCH, kpip, MAIN } from "./run.js";
 
 describe("kpip completion", () => {
   it("bash: completes commands, subcommands after global flags, and a command's flags", () => {
@@ -178,6 +180,31 @@ describe("bad command lines", () => {
     const r = kpip(["call", "system.health", "--socket", join(home, "none.sock"), "--identity", idFile]);
     assert.equal(r.code, 3);
     assert.match(r.err, /no kernel at .*\n.*start one with `kpip kernel`/);
+  });
+
+  it("a listener that takes the connection and never answers the handshake exits 3 (kernel unavailable), not 1", async () => {
+    const idFile = join(home, "y.identity");
+    writeFileSync(idFile, serializeIdentity(generateIdentity("y")));
+    const sock = join(home, "mute.sock");
+    const held: Socket[] = [];
+    const mute = createServer((s) => held.push(s));
+    await new Promise<void>((ok) => mute.listen(sock, ok));
+    try {
+      const child = spawn(process.execPath, [MAIN, "call", "system.health", "--socket", sock, "--identity", idFile], {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let err = "";
+      child.stderr.on("data", (d: Buffer) => {
+        err += d.toString();
+      });
+      const [code] = (await once(child, "exit")) as [number | null];
+      assert.ok(held.length > 0, "the command reached the listener");
+      assert.equal(code, 3, err);
+      assert.match(err, /no kernel answered at .*mute\.sock/);
+    } finally {
+      for (const s of held) s.destroy();
+      mute.close();
+    }
   });
 
   it("docs/cli.md is generated from the current command definitions", async () => {
