@@ -596,6 +596,29 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
     }
   });
 
+  it("a peer whose stream was refused for a message over the size limit, sending on into it, is reset once it sent 256 KiB more, as after any session's end", async () => {
+    // The refusal stopped the watch that counts what comes after the end: grpc-js reads on (the
+    // decoder throws at each chunk), so the peer was read at its own pace for the whole grace.
+    const s = h2Stream(address);
+    try {
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(64 * 1024 * 1024, 1);
+      s.stream.write(prefix);
+      await until(() => s.state.status, 10_000, "the refusal");
+      assert.equal(s.state.status, String(grpc.status.RESOURCE_EXHAUSTED));
+      const socket = s.stream.session?.socket;
+      const before = socket?.bytesWritten ?? 0;
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      for (let i = 0; i < 128; i++) s.stream.write(chunk);
+      await until(() => s.state.closed, 10_000, "the stream reset");
+      assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+      const taken = (socket?.bytesWritten ?? 0) - before;
+      assert.ok(taken < GRPC_BYTES_AFTER_END + 256 * 1024, `the kernel took ${taken} bytes after the refusal`);
+    } finally {
+      s.close();
+    }
+  });
+
   it("a stream whose call grpc-js ends itself (a grpc-timeout passed, or one it cannot parse) is reset once the grace passed, though the peer never sent HELLO and keeps its half open", async () => {
     // grpc-js answers DEADLINE_EXCEEDED (or INTERNAL) and leaves the HTTP/2 stream open: an
     // unauthenticated peer kept it past handshakeTimeoutMs, for ever, and the kernel read all it sent.

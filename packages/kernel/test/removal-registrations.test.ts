@@ -1,8 +1,11 @@
 // What a removed persona registered outside its own subtree, where its holder keeps the key (red team, wt-red59).
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { generateIdentity } from "@kpip/protocol";
-import { klass, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+
+const TREE_AGENT = fileURLToPath(new URL("../../test/fixtures/tree-agent.mjs", import.meta.url));
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -70,6 +73,61 @@ describe("a persona's removal reaches the personas it registered", () => {
       // The remover stays (it cannot remove itself); what alice registered under it goes.
       assert.deepEqual(removed.alsoRemoved, ["team/lead/aide"]);
       assert.equal(await outcome(l.personas.register("team/lead/aide", generateIdentity("team/lead/aide").publicKey)), "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("what a removed persona's agent registered goes with it, though the agent ended before the removal", {
+    skip: sandboxSkip,
+  }, async () => {
+    // The agent's own key is gone from the registry with its end: the removal followed the
+    // registrations of the personas still registered under the removed one, so what the agent
+    // registered beside its spawner (a key the spawner's holder chose) stayed, and that holder
+    // attested as it after the removal, under any token of the tree's top.
+    const t = await startKernel();
+    try {
+      const register = { ops: ["persona.register"], targets: ["persona://team/**"] };
+      const team = await t.persona("team", [
+        register,
+        { ops: ["persona.remove"], targets: ["persona://team/**"] },
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+      ]);
+      const alice = await t.persona("team/alice", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const owner = await t.connect(team.identity, [team.token]);
+      const a = await t.connect(alice.identity, [team.token]);
+      const spare = generateIdentity("team/spare");
+      const steps = [
+        {
+          call: "persona.register",
+          target: "persona://team/spare",
+          args: { publicKey: Buffer.from(spare.publicKey).toString("base64") },
+          binary: ["publicKey"],
+        },
+      ];
+      const spawned = await a.agents.spawn("node", "reg", {
+        args: [TREE_AGENT, JSON.stringify(steps)],
+        rights: [register],
+        lifetimeMs: 120_000,
+      });
+      const agent = spawned.agent as string;
+      const report = await until(
+        async () => {
+          const out = Buffer.from((await a.agents.logs(agent)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { results: unknown[]; error?: string }) : undefined;
+        },
+        60_000,
+        "the agent's report",
+      );
+      assert.deepEqual(report.results, ["ok"], JSON.stringify(report));
+      // The agent ends (its key leaves the registry); what it registered stays, for now.
+      assert.equal(await a.agents.kill(agent), true);
+      await until(() => t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).length > 0, 30_000, "the agent's end");
+      const removed = await owner.personas.remove("team/alice");
+      assert.deepEqual([...removed.alsoRemoved], ["team/spare"], "what alice's agent registered goes with her");
+      assert.notEqual(await outcome(t.connect(spare, [team.token], { reconnect: false })), "ok");
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -53,7 +53,8 @@ export function removePersonaTree(
   actor?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
   const roots = registeredTrees(store, id, actor);
-  const removed = roots.flatMap((r) => personasUnder(store, r).map((p) => p.id));
+  // A root found later may lie above one found before (registered where no persona was): listed once.
+  const removed = [...new Set(roots.flatMap((r) => personasUnder(store, r).map((p) => p.id)))];
   for (const p of removed) store.removePersona(p);
   const tokens = [...new Set(roots.flatMap((r) => store.unrevokedTokensOfTree(r)))];
   // All at once: what each revocation ends is found in one pass, not one per token.
@@ -70,21 +71,21 @@ export function removePersonaTree(
 }
 
 /**
- * `id`, then every persona a persona of the trees found so far registered outside them — a
- * persona registers anywhere under the top of its tree, beside itself too, with a key its holder
- * keeps: left registered, that holder would attest as it after the removal and act on under any
- * token its tree's top holds (usable by the personas under it). Never `actor` or a persona above
- * it. Bounded: a tree registers at most maxRegisteredPersonas.
+ * `id`, then every persona registered by an id in the trees found so far (itself outside them) —
+ * a persona registers anywhere under the top of its tree, beside itself too, with a key its
+ * holder keeps: left registered, that holder would attest as it after the removal and act on
+ * under any token its tree's top holds (usable by the personas under it). Followed by the
+ * registrar's id, not by the personas still registered: an agent's key leaves the registry at its
+ * end, and what it registered (a key its spawner chose) stayed. Never `actor` or a persona above
+ * it. Bounded: a tree registers at most maxRegisteredPersonas; one indexed read per tree found.
  */
 function registeredTrees(store: PersonaStore, id: string, actor: string | undefined): string[] {
   const roots = [id];
   const covered = (p: string) => roots.some((r) => personaWithin(p, r));
-  const visit = personasUnder(store, id).map((p) => p.id);
-  for (let p = visit.pop(); p !== undefined; p = visit.pop()) {
-    for (const r of store.registeredBy(p)) {
+  for (let i = 0; i < roots.length; i++) {
+    for (const r of store.registeredWithin(roots[i] as string)) {
       if (covered(r) || (actor !== undefined && personaWithin(actor, r))) continue;
       roots.push(r);
-      visit.push(...personasUnder(store, r).map((q) => q.id));
     }
   }
   return roots;

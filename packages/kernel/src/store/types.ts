@@ -24,8 +24,11 @@ export interface PersonaStore {
    * not registered.
    */
   registrarOf(id: string): string | null | undefined;
-  /** The personas `id` registered (persona.register by `id` itself), in id order. */
-  registeredBy(id: string): string[];
+  /**
+   * The personas registered (persona.register) by `id` or by any id under it — registered still
+   * or not: an ended agent's key, a removed sub-persona's — in id order.
+   */
+  registeredWithin(id: string): string[];
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
   /**

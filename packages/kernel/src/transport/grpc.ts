@@ -977,8 +977,10 @@ export class GrpcStreamConnection implements Connection {
         have = 0;
         length = skip = prefix.readUInt32BE(1);
         if (skip > limit) {
-          stream.off("data", onData);
+          // Still watched: what the peer sends on into the refused call counts as after any end
+          // (grpc-js reads on, its decoder refusing each chunk), and the rest of this chunk with it.
           this.refused(skip, limit);
+          after = chunk.length - i;
           return;
         }
         if (length === 0 && !gauge.endMessage(0)) return this.fragmented(stream);

@@ -48,7 +48,9 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     );
     readonly #countWithin: Statement = this.db.prepare(`SELECT count(*) AS n FROM personas WHERE ${inTreeSql("registered_by")}`);
     readonly #registrar: Statement = this.db.prepare("SELECT registered_by FROM personas WHERE id = ?");
-    readonly #registeredBy: Statement = this.db.prepare("SELECT id FROM personas WHERE registered_by = ? ORDER BY id");
+    readonly #registeredWithin: Statement = this.db.prepare(
+      `SELECT id FROM personas WHERE ${inTreeSql("registered_by")} ORDER BY id`,
+    );
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
     readonly #changed: ((id: string | undefined) => void)[] = [];
@@ -73,8 +75,8 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       const r = this.#registrar.get(id) as { registered_by: string | null } | undefined;
       return r?.registered_by;
     }
-    registeredBy(id: string): string[] {
-      return (this.#registeredBy.all(id) as { id: string }[]).map((r) => r.id);
+    registeredWithin(id: string): string[] {
+      return (this.#registeredWithin.all(...treeArgs(id)) as { id: string }[]).map((r) => r.id);
     }
     countRegisteredWithin(id: string): number {
       return (this.#countWithin.get(...treeArgs(id)) as { n: number }).n;
