@@ -533,4 +533,18 @@ describe("loopback gRPC peers are told apart by their local user", () => {
       }
     }
   });
+
+  it("a connection that skips stream ids (RFC 9113 allows it) is counted no more refused streams than the bytes it sent could carry", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
+      const raw = await rawH2(t.k.grpcAddress as string, true);
+      await until(() => raw.settings.size > 0, 30_000, "the kernel's SETTINGS");
+      // Two streams: 1, then the last id a client may use. Before, the ids between read as a
+      // billion streams HTTP/2 refused: counted, logged and charged to the peer.
+      raw.raw.write(Buffer.concat([headerFrames(1, callBlock()), headerFrames(0x7fffffff, callBlock())]));
+      await until(() => raw.closed(), 30_000, "the connection to close");
+      const sent = raw.raw.bytesWritten;
+      const refused = (await refusedStreams(t)).malformed ?? 0;
+      assert.ok(refused <= Math.floor(sent / 9), `${refused} refused streams counted for ${sent} bytes sent`);
+    });
+  });
 });

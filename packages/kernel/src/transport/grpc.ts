@@ -465,9 +465,7 @@ export class GrpcListener {
         }
         const address = session.socket?.remoteAddress ?? "";
         const key = this.keyOf(session.socket);
-        // Client stream ids are odd and rise: the last one processed says how many were opened.
-        const last = session.state.lastProcStreamID ?? 0;
-        const unseen = Math.ceil(last / 2) - conn.screened;
+        const unseen = unseenStreams(session.state.lastProcStreamID ?? 0, session.socket?.bytesRead ?? 0, conn.screened);
         if (unseen > GRPC_REFUSED_STREAMS_PER_CONNECTION) {
           this.chargeStreams(key, address, unseen);
           closeCalm(session);
@@ -725,6 +723,20 @@ interface Peer {
   key: string;
   /** Loopback only: the uid owning the peer's socket, or why it is unknown. */
   user?: number | string;
+}
+
+/** A client's HTTP/2 frame is at least its 9-byte header: no connection sent more streams than its bytes hold. */
+const H2_FRAME_HEADER_BYTES = 9;
+
+/**
+ * Streams a connection sent that never reached the screen (HTTP/2 refused them itself). Client
+ * stream ids are odd and rise, so the last one processed bounds how many were opened; but a
+ * client may skip ids (RFC 9113 §5.1.1), and one HEADERS on stream 2^31-1 read as a billion
+ * refused streams, charged to its peer. Each stream took a frame of at least 9 bytes: no more
+ * are counted than the bytes the connection sent hold.
+ */
+export function unseenStreams(lastStreamId: number, bytesRead: number, screened: number): number {
+  return Math.max(0, Math.min(Math.ceil(lastStreamId / 2), Math.floor(bytesRead / H2_FRAME_HEADER_BYTES)) - screened);
 }
 
 /** A TCP connection's peer as "address:port" (one connection, whether seen raw or under TLS). */
