@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KernelClient } from "@kpip/client";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteStore } from "@kpip/kernel";
 import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
@@ -1062,6 +1062,35 @@ describe("kpip audit timeline: where a session came from", () => {
       const j = await kpip(["audit", "timeline", "--home", home, "--op", "session.open", "--json"]);
       const row = JSON.parse(j.out.trim().split("\n")[0] as string) as { detail: { process: { pid: number } | null } };
       assert.equal(row.detail.process?.pid ?? null, process.platform === "linux" ? process.pid : null);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("a loopback gRPC session's open row names the local user owning the peer's socket (uid) in its target column, and --json has it", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-audit-grpc-user-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", grpcListen: "127.0.0.1:0" });
+      await k.start();
+      try {
+        const c = await KernelClient.connect({
+          grpc: { address: k.grpcAddress as string, insecure: true },
+          identity: loadIdentity(join(home, "admin.identity")),
+          tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+          reconnect: false,
+        });
+        await c.close();
+      } finally {
+        await k.stop();
+      }
+      const r = await kpip(["audit", "timeline", "--home", home, "--op", "session.open"]);
+      assert.equal(r.code, 0, r.err);
+      // This process connected; without the addon (not Linux) the row says the user is unknown.
+      const expected = process.platform === "linux" ? `uid ${process.getuid?.()}` : "user unknown";
+      assert.match(r.out, new RegExp(`session\\.open\\s+${expected}\\s`));
+      const j = await kpip(["audit", "timeline", "--home", home, "--op", "session.open", "--json"]);
+      const row = JSON.parse(j.out.trim().split("\n")[0] as string) as { detail: { localUser: { uid: number } | null } };
+      assert.equal(row.detail.localUser?.uid ?? null, process.platform === "linux" ? process.getuid?.() : null);
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

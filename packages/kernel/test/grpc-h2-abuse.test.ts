@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { describe, it } from "node:test";
 import nodeTls from "node:tls";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { serializeIdentity } from "@kpip/protocol";
 import {
   GRPC_MAX_HEADER_FIELDS,
   GRPC_MAX_HEADER_LIST_BYTES,
@@ -12,8 +15,8 @@ import {
 } from "../src/transport/grpc.js";
 import { GRPC_OVERHEAD_BURST_BYTES } from "../src/transport/h2-overhead.js";
 import type { TestKernel } from "./harness.js";
-import { adminIdentity, until, withKernel } from "./harness.js";
-import { H2_PREFACE, h2Frame, onH2Frames } from "./wire.js";
+import { adminIdentity, REPO_ROOT, until, withKernel } from "./harness.js";
+import { allAudit, H2_PREFACE, h2Frame, onH2Frames, sleep } from "./wire.js";
 
 // Attacks on the gRPC listener below gRPC: raw HTTP/2 frames from an unauthenticated peer.
 
@@ -419,5 +422,129 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
         }
       },
     );
+  });
+});
+
+const GRPC_PERSONA = fileURLToPath(new URL("../../test/fixtures/grpc-persona.mjs", import.meta.url));
+/** Another local user the test can run a process as: only root can start one. */
+const asOtherUser = process.platform === "linux" && process.getuid?.() === 0;
+
+/** A header list over the bound on a new raw connection (closed for it, charged to the peer's rate). */
+async function headerBomb(address: string): Promise<void> {
+  const bomb = await rawH2(address, false);
+  await until(() => bomb.settings.size > 0 || bomb.closed(), 30_000, "the kernel's SETTINGS or a close");
+  if (bomb.closed()) return;
+  const refs = Array.from({ length: 19 }, () => hpackInt(62, 7, 0x80));
+  bomb.raw.write(headerFrames(1, callBlock([literal("x-big", "a".repeat(4000), 0x40), ...refs])));
+  await until(() => bomb.closed(), 30_000, "the kernel to close the connection");
+}
+
+/** The `detail` of each gRPC session.open record of `persona`. */
+function grpcOpens(t: TestKernel, persona: string): Record<string, unknown>[] {
+  return allAudit(t.k)
+    .filter((r) => r.op === "session.open" && r.persona === persona)
+    .map((r) => JSON.parse(r.detail ?? "{}") as Record<string, unknown>)
+    .filter((d) => d.transport === "grpc");
+}
+
+describe("loopback gRPC peers are told apart by their local user", () => {
+  it("one local user's penalties drain only its own stream rate: while its new connections are closed as they arrive, another local user's (uid 65534) new gRPC session opens, and its session.open names that uid", {
+    skip: !asOtherUser && "needs root, to run a process as another local user",
+  }, async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const p = await t.persona("neighbour", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const child = spawn(process.execPath, [GRPC_PERSONA], {
+        cwd: REPO_ROOT,
+        uid: 65534,
+        gid: 65534,
+        env: {
+          ...process.env,
+          KPIP_TEST_GRPC: address,
+          KPIP_TEST_IDENTITY: serializeIdentity(p.identity),
+          KPIP_TEST_TOKEN: Buffer.from(p.token).toString("base64url"),
+        },
+        stdio: ["pipe", "pipe", "inherit"],
+      });
+      try {
+        let out = "";
+        child.stdout?.on("data", (d: Buffer) => {
+          out += d.toString();
+        });
+        await until(() => out.startsWith("ready\n"), 60_000, "the other user's process to load");
+        // This process (root) bombs until its own new connections are closed as they arrive.
+        await headerBomb(address);
+        await assertNextConnectionRefused(t, address);
+        // Then the other user connects while the bomber keeps its own rate spent (a bomb each time
+        // a connection of its gets in): before, every loopback address was one peer key, and the
+        // other user's connections were closed as they arrived like the bomber's until it gave up.
+        const exited = once(child, "exit");
+        let done = false;
+        void exited.then(() => {
+          done = true;
+        });
+        child.stdin?.write("go\n");
+        let bombs = 0;
+        while (!done) {
+          await headerBomb(address);
+          bombs++;
+          await Promise.race([exited, sleep(50)]);
+        }
+        const [code] = (await exited) as [number];
+        assert.equal(code, 0);
+        assert.ok(bombs >= 1);
+        const result = JSON.parse(out.slice("ready\n".length)) as { uid: number; status?: string; error?: string };
+        assert.deepEqual(result, { uid: 65534, status: "ok" });
+        const opened = grpcOpens(t, "neighbour");
+        assert.equal(opened.length, 1);
+        assert.deepEqual(opened[0]?.localUser, { uid: 65534 }, "the record names the user owning the peer's socket");
+      } finally {
+        child.kill();
+      }
+    });
+  });
+
+  it("a loopback gRPC session.open names the local user owning the peer's socket; without the addon it says the user is unknown, and every local user shares one key as before", {
+    skip: process.platform !== "linux" && "sock_diag is Linux's",
+  }, async () => {
+    for (const off of [false, true]) {
+      const saved = process.env.KPIP_PEERCRED;
+      if (off) process.env.KPIP_PEERCRED = "off";
+      try {
+        await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
+          const c = await grpcAdmin(t, t.k.grpcAddress as string);
+          try {
+            assert.equal((await c.system.health()).status, "ok");
+          } finally {
+            await c.close();
+          }
+          const opened = grpcOpens(t, c.persona);
+          assert.equal(opened.length, 1);
+          if (off) {
+            assert.equal(opened[0]?.localUser, null);
+            assert.equal(opened[0]?.localUserUnknown, "addon not loaded");
+          } else {
+            assert.deepEqual(opened[0]?.localUser, { uid: process.getuid?.() }, JSON.stringify(opened[0]));
+          }
+        });
+      } finally {
+        if (saved === undefined) delete process.env.KPIP_PEERCRED;
+        else process.env.KPIP_PEERCRED = saved;
+      }
+    }
+  });
+
+  it("a connection that skips stream ids (RFC 9113 allows it) is counted no more refused streams than the bytes it sent could carry", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
+      const raw = await rawH2(t.k.grpcAddress as string, true);
+      await until(() => raw.settings.size > 0, 30_000, "the kernel's SETTINGS");
+      // Two streams: 1, then the last id a client may use. Before, the ids between read as a
+      // billion streams HTTP/2 refused: counted, logged and charged to the peer.
+      raw.raw.write(Buffer.concat([headerFrames(1, callBlock()), headerFrames(0x7fffffff, callBlock())]));
+      await until(() => raw.closed(), 30_000, "the connection to close");
+      const sent = raw.raw.bytesWritten;
+      const refused = (await refusedStreams(t)).malformed ?? 0;
+      assert.ok(refused <= Math.floor(sent / 9), `${refused} refused streams counted for ${sent} bytes sent`);
+    });
   });
 });

@@ -35,6 +35,12 @@ export const sandboxSkip: string | false = (() => {
   return `NOT RUN: needs the process sandbox (${why}); install bubblewrap, or set KPIP_REQUIRE_SANDBOX=1 to make this a failure`;
 })();
 
+/**
+ * The peer key a test kernel counts this process's loopback gRPC connections under: its local
+ * user's (the addon's sock_diag look-up, Linux), else the one key every loopback peer shares.
+ */
+export const OWN_LOOPBACK_KEY = process.platform === "linux" ? `loopback uid ${process.getuid?.()}` : "loopback";
+
 export interface TestKernel {
   k: Kernel;
   home: string;

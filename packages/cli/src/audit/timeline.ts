@@ -321,14 +321,23 @@ export function rowJson(r: TimelineRow): Record<string, unknown> {
 export const TIMELINE_HEADER = ["seq", "start", "end", "persona", "session", "req", "op", "target", "status", "token", "trace"];
 
 /**
- * A Unix-socket session's open or failed handshake: the process that connected, from the
+ * A session's open or failed handshake: on the Unix socket the process that connected, from the
  * record's detail (`pid 4608 uid 1000`, or `process unknown` when the kernel could not read it);
- * undefined for other records. Numbers only: a tampered detail shows as nothing, not as text.
+ * over gRPC from loopback the local user owning the peer's socket (`uid 1000`, or `user
+ * unknown`); undefined for other records. Numbers only: a tampered detail shows as nothing, not as text.
  */
 export function processCell(r: TimelineRow): string | undefined {
   if ((r.op !== "session.open" && r.op !== "session.handshake") || r.detail === null) return undefined;
-  const d = detailValue(r.detail) as { process?: { pid?: unknown; uid?: unknown } | null } | undefined;
-  if (!d || typeof d !== "object" || !("process" in d)) return undefined;
+  const d = detailValue(r.detail) as
+    | { process?: { pid?: unknown; uid?: unknown } | null; localUser?: { uid?: unknown } | null }
+    | undefined;
+  if (!d || typeof d !== "object") return undefined;
+  if (!("process" in d)) {
+    if (!("localUser" in d)) return undefined;
+    const u = d.localUser;
+    if (u === null) return "user unknown";
+    return typeof u?.uid === "number" ? `uid ${u.uid}` : undefined;
+  }
   const p = d.process;
   if (p === null) return "process unknown";
   return typeof p?.pid === "number" && typeof p.uid === "number" ? `pid ${p.pid} uid ${p.uid}` : undefined;

@@ -127,6 +127,11 @@ export async function openListeners(
     );
   };
   await grpc.start();
+  if (grpc.loopbackUsersUnknown)
+    log.warn(
+      { reason: grpc.loopbackUsersUnknown },
+      "gRPC loopback peers' local users unknown: every local user shares one peer key, and records name no uid",
+    );
   if (!grpc.secure) log.warn({ address: grpc.address }, "gRPC without TLS (loopback only)");
   return { uds, grpc };
 }

@@ -212,6 +212,16 @@ export interface Connection extends ByteChannel {
    * transports with no peer process to name.
    */
   readonly process?: PeerProcess | string;
+  /**
+   * gRPC: the key the transport counted the peer's connection under (session/peer-key.ts; a
+   * loopback peer's is its local user's), for the bounds per peer before authentication.
+   */
+  readonly peerKey?: string;
+  /**
+   * gRPC from loopback: the uid owning the peer's socket (Linux's sock_diag, read as the
+   * connection arrived), or why it is unknown. Absent for peers on other hosts.
+   */
+  readonly localUser?: number | string;
   /** gRPC: whether the stream is carried over TLS. */
   readonly tls?: boolean;
   /** gRPC with mTLS: the SHA-256 of the client certificate's DER bytes, lowercase hex (recorded, never an identity). */
@@ -244,6 +254,9 @@ export interface ConnectionOrigin {
   /** The Unix socket: the peer process, or null when it is unknown (`processUnknown` says why). */
   process?: PeerProcess | null;
   processUnknown?: string;
+  /** gRPC from loopback: the local user owning the peer's socket, or null when unknown (`localUserUnknown` says why). */
+  localUser?: { uid: number } | null;
+  localUserUnknown?: string;
   tls?: boolean;
   clientCert?: string;
 }
@@ -268,6 +281,11 @@ export function originOf(conn: Connection): ConnectionOrigin {
       : typeof conn.process === "string"
         ? { process: null, processUnknown: conn.process }
         : { process: conn.process }),
+    ...(conn.localUser === undefined
+      ? {}
+      : typeof conn.localUser === "string"
+        ? { localUser: null, localUserUnknown: conn.localUser }
+        : { localUser: { uid: conn.localUser } }),
     ...(conn.tls !== undefined ? { tls: conn.tls } : {}),
     ...(conn.clientCert !== undefined ? { clientCert: conn.clientCert } : {}),
   };

@@ -104,7 +104,7 @@ export class Session implements SessionView, EventSink {
     readonly conn: Connection,
     private readonly host: SessionHost,
   ) {
-    this.peerKey = peerKey(addressOf(conn));
+    this.peerKey = conn.peerKey ?? peerKey(addressOf(conn));
     // Where it comes from, taken at the first record that says so (the peer process read then, or at HELLO).
     this.records = new SessionRecords(host.audit, this.id, () => originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;

@@ -18,9 +18,10 @@ import {
   TransportMessageTooLarge,
   type TransportRefusal,
 } from "../session/connection.js";
-import { overflowKey, peerKey } from "../session/peer-key.js";
+import { LOOPBACK_PEER, overflowKey, peerKey } from "../session/peer-key.js";
 import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
 import { GRPC_OVERHEAD_BYTES_PER_STREAM, OverheadBudget } from "./h2-overhead.js";
+import { type LoopbackOwnerReader, loopbackOwnerReader } from "./peer-process.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -183,6 +184,15 @@ export class GrpcListener {
   private screening: ServerHttp2Stream | undefined;
   /** Every TCP connection open to the listener, whatever carries it (none is left open by {@link close}). */
   private readonly connections = new Set<Socket>();
+  /**
+   * Each open TCP connection's peer, by "address:port": the key its bounds count it under and,
+   * from loopback, the local user owning its socket (or why unknown). Read once, as it arrives.
+   */
+  private readonly peers = new Map<string, Peer>();
+  /** Reads a loopback peer's local user; set at {@link start}. */
+  private readOwner: LoopbackOwnerReader = () => "addon not loaded";
+  /** Set by {@link start} when loopback peers' users cannot be read (the kernel says why once). */
+  loopbackUsersUnknown: string | undefined;
 
   constructor(
     private readonly listen: string,
@@ -216,6 +226,9 @@ export class GrpcListener {
 
   async start(): Promise<void> {
     const { creds, secure } = serverCredentials(this.listen, this.tls);
+    const owners = loopbackOwnerReader();
+    this.readOwner = owners.read;
+    this.loopbackUsersUnknown = owners.reason;
     // No HTTP/2 keepalive (grpc-js's server default: off): a session's liveness is KPIP's
     // heartbeat (PROTOCOL §8.5), which ends the stream of a silent peer, and a connection left
     // without a stream is closed after idleConnectionMs. (keepalive_permit_without_calls, set here
@@ -237,6 +250,7 @@ export class GrpcListener {
             PEER_CLOSE_GRACE_MS,
             this.carrierOf(call),
             this.screening && { stream: this.screening, limit: this.maxMessage },
+            this.peers.get(call.getPeer()),
           ),
         ),
     });
@@ -266,6 +280,35 @@ export class GrpcListener {
         raw.once("close", () => this.connections.delete(raw));
       });
     }
+    // First of all: every bound below counts the connection under the key read here.
+    for (const h2 of h2s) h2.prependListener("connection", (raw: Socket) => this.identify(raw));
+  }
+
+  /**
+   * Reads who a new TCP connection's peer is, once, as it arrives. Every loopback address is one
+   * peer key (any local user can bind any 127.x.y.z), so all local users shared one stream rate:
+   * one user's penalties (a header bomb, streams HTTP/2 refused, overhead) drained it below empty,
+   * and every other local user's new connections were then closed as they arrived. A loopback
+   * peer is now keyed by the local user owning its socket (sock_diag: Linux's record, never the
+   * peer's word), so a user's penalties cost that user alone; unknown (no addon, not Linux, the
+   * peer closed before the read) it shares the one loopback key, as before, with the unknown only.
+   */
+  private identify(raw: Socket): void {
+    const address = raw.remoteAddress ?? "";
+    const tuple = `${address}:${raw.remotePort}`;
+    const key = peerKey(address);
+    if (key !== LOOPBACK_PEER) {
+      this.peers.set(tuple, { key });
+    } else {
+      const user = this.readOwner(raw);
+      this.peers.set(tuple, { key: typeof user === "number" ? `${LOOPBACK_PEER} uid ${user}` : key, user });
+    }
+    raw.once("close", () => this.peers.delete(tuple));
+  }
+
+  /** The key a connection's peer is counted under (its address's, when it was not seen arriving). */
+  private keyOf(socket: Socket | undefined): string {
+    return this.peers.get(tupleOf(socket))?.key ?? peerKey(socket?.remoteAddress ?? "");
   }
 
   /** grpc-js's HTTP/2 servers (one per bound address); it keeps them private, so this reaches in. */
@@ -322,17 +365,18 @@ export class GrpcListener {
           const conn = session && this.h2Connection(session);
           if (conn) conn.screened++;
           const address = session?.socket?.remoteAddress ?? "";
+          const key = this.keyOf(session?.socket);
           const peer = address || "unknown";
           const headerBytes = headerListBytes(rawHeaders, headers);
           if (headerBytes > GRPC_MAX_HEADER_LIST_BYTES) {
             stream.on("error", () => {});
             if (session) closeCalm(session);
             // Charged as a connection's worth of refused streams: a connect-and-bomb loop is held to the rate.
-            this.chargeStreams(address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1);
+            this.chargeStreams(key, address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1);
             this.onStreamRefused?.(peer, "headers", true, 1);
             return;
           }
-          if (!this.takeStream(address)) {
+          if (!this.takeStream(key, address)) {
             // A trailers-only status, then RST_STREAM NO_ERROR: closing with an error code made Node
             // build (and format the stack of) an Error per stream, most of a refusal's cost.
             this.answerOnly(stream, grpc.status.RESOURCE_EXHAUSTED, "too many new streams from this address: try again later");
@@ -420,16 +464,15 @@ export class GrpcListener {
           continue;
         }
         const address = session.socket?.remoteAddress ?? "";
-        // Client stream ids are odd and rise: the last one processed says how many were opened.
-        const last = session.state.lastProcStreamID ?? 0;
-        const unseen = Math.ceil(last / 2) - conn.screened;
+        const key = this.keyOf(session.socket);
+        const unseen = unseenStreams(session.state.lastProcStreamID ?? 0, session.socket?.bytesRead ?? 0, conn.screened);
         if (unseen > GRPC_REFUSED_STREAMS_PER_CONNECTION) {
-          this.chargeStreams(address, unseen);
+          this.chargeStreams(key, address, unseen);
           closeCalm(session);
           this.onStreamRefused?.(address || "unknown", "malformed", true, unseen);
           continue;
         }
-        this.lookAtOverhead(session, conn, now, address);
+        this.lookAtOverhead(session, conn, now, key, address);
       }
     }, GRPC_NODE_REFUSALS_CHECK_MS).unref();
   }
@@ -473,40 +516,40 @@ export class GrpcListener {
    * new connections are closed as they arrive until the rate has made up for them. Socket byte
    * counts hold for a socket Node's HTTP/2 reads natively (TLS: the cleartext).
    */
-  private lookAtOverhead(session: Http2Session, conn: H2Connection, now: number, address: string): void {
+  private lookAtOverhead(session: Http2Session, conn: H2Connection, now: number, key: string, address: string): void {
     const socket = session.socket;
     if (!socket) return;
     let carried = conn.carried;
     for (const s of conn.streams) carried += s.readableLength;
     const budget = conn.overhead.look(now, socket.bytesRead, socket.bytesWritten, carried);
     if (budget >= 0) return;
-    this.chargeStreams(address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1 + Math.ceil(-budget / GRPC_OVERHEAD_BYTES_PER_STREAM));
+    this.chargeStreams(
+      key,
+      address,
+      GRPC_REFUSED_STREAMS_PER_CONNECTION + 1 + Math.ceil(-budget / GRPC_OVERHEAD_BYTES_PER_STREAM),
+    );
     closeCalm(session);
     this.onConnectionClosed?.(address || "unknown", "overhead", conn.overhead.spent);
   }
 
   /** Takes `n` streams from the peer's bucket, down to a burst below empty at most. */
-  private chargeStreams(address: string, n: number): void {
-    const b = this.streamBucket(address);
+  private chargeStreams(key: string, address: string, n: number): void {
+    const b = this.streamBucket(key, address);
     if (b) drain(b, n, this.bounds.streamPeerRate ?? 0);
   }
 
   /** The peer's bucket of new streams, filled to now (a peer past the table's room shares one); undefined when not bounded. */
-  private streamBucket(address: string): Bucket | undefined {
+  private streamBucket(key: string, address: string): Bucket | undefined {
     const buckets = this.streamBuckets;
     if (!buckets) return undefined;
     const now = Date.now();
     // Past the table's room a peer shares its /24 or /48's bucket, and only past that everyone's.
-    return (
-      buckets.takeIfRoom(peerKey(address), now) ??
-      buckets.takeIfRoom(overflowKey(address), now) ??
-      buckets.take("(other peers)", now)
-    );
+    return buckets.takeIfRoom(key, now) ?? buckets.takeIfRoom(overflowKey(address), now) ?? buckets.take("(other peers)", now);
   }
 
   /** Takes one new stream from the peer's bucket; true if there was one. */
-  private takeStream(address: string): boolean {
-    const b = this.streamBucket(address);
+  private takeStream(key: string, address: string): boolean {
+    const b = this.streamBucket(key, address);
     if (!b) return true;
     if (b.tokens < 1) return false;
     b.tokens -= 1;
@@ -517,11 +560,11 @@ export class GrpcListener {
    * The peer may open a stream now: takes nothing, and makes no bucket (a connection that opens
    * no stream must not fill the table, or its overflow, for peers that do).
    */
-  private streamsLeft(address: string): boolean {
+  private streamsLeft(key: string, address: string): boolean {
     const buckets = this.streamBuckets;
     if (!buckets) return true;
     const now = Date.now();
-    const b = buckets.peek(peerKey(address), now) ?? (buckets.full ? buckets.peek(overflowKey(address), now) : undefined);
+    const b = buckets.peek(key, now) ?? (buckets.full ? buckets.peek(overflowKey(address), now) : undefined);
     return !b || b.tokens >= 1;
   }
 
@@ -553,9 +596,9 @@ export class GrpcListener {
       h2.removeAllListeners("connection");
       h2.on("connection", (raw: Socket) => {
         const address = raw.remoteAddress ?? "";
-        const key = peerKey(address);
+        const key = this.keyOf(raw);
         // A peer past its stream rate could open no stream on it: closed before TLS or HTTP/2 work.
-        if (!this.streamsLeft(address)) {
+        if (!this.streamsLeft(key, address)) {
           raw.destroy();
           this.onConnectionRefused?.(address || "unknown", "rate");
           return;
@@ -674,6 +717,28 @@ export class GrpcListener {
   }
 }
 
+/** Who a TCP connection's peer is, as read when it arrived. */
+interface Peer {
+  /** What its bounds count it under: {@link peerKey}'s, or a loopback peer's local user's. */
+  key: string;
+  /** Loopback only: the uid owning the peer's socket, or why it is unknown. */
+  user?: number | string;
+}
+
+/** A client's HTTP/2 frame is at least its 9-byte header: no connection sent more streams than its bytes hold. */
+const H2_FRAME_HEADER_BYTES = 9;
+
+/**
+ * Streams a connection sent that never reached the screen (HTTP/2 refused them itself). Client
+ * stream ids are odd and rise, so the last one processed bounds how many were opened; but a
+ * client may skip ids (RFC 9113 §5.1.1), and one HEADERS on stream 2^31-1 read as a billion
+ * refused streams, charged to its peer. Each stream took a frame of at least 9 bytes: no more
+ * are counted than the bytes the connection sent hold.
+ */
+export function unseenStreams(lastStreamId: number, bytesRead: number, screened: number): number {
+  return Math.max(0, Math.min(Math.ceil(lastStreamId / 2), Math.floor(bytesRead / H2_FRAME_HEADER_BYTES)) - screened);
+}
+
 /** A TCP connection's peer as "address:port" (one connection, whether seen raw or under TLS). */
 function tupleOf(socket: Socket | undefined): string {
   return `${socket?.remoteAddress}:${socket?.remotePort}`;
@@ -724,6 +789,8 @@ export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
   readonly peer: string;
   readonly clientCert: string | undefined;
+  readonly peerKey: string | undefined;
+  readonly localUser: number | string | undefined;
   private readonly out: TurnBatcher;
   private ended = false;
   private closed = false;
@@ -756,8 +823,12 @@ export class GrpcStreamConnection implements Connection {
      * followed so that a message grpc-js refuses for its size is told to the session (none: not watched).
      */
     received?: { stream: ServerHttp2Stream; limit: number },
+    /** Who the connection's peer is, as read when it arrived (none: not seen arriving). */
+    from?: Peer,
   ) {
     this.peer = call.getPeer();
+    this.peerKey = from?.key;
+    this.localUser = from?.user;
     this.h2 = received?.stream;
     if (received) this.watchMessages(received.stream, received.limit);
     this.cut = new PeerCloseCut(this.transport, closeGraceMs);

@@ -10,6 +10,8 @@ export type PeerReader = (sock: net.Socket) => PeerProcess | string;
 
 interface Addon {
   peer(fd: number): { pid: number; uid: number; gid: number; start: number };
+  /** The uid owning the TCP socket at the other end of (peer, local), or why it is unknown. */
+  tcpOwner?(peerAddress: string, peerPort: number, localAddress: string, localPort: number): number | string;
 }
 
 let loaded: { addon?: Addon; reason?: string } | undefined;
@@ -44,6 +46,31 @@ export function peerReader(): { read: PeerReader; reason?: string } {
       try {
         const p = addon.peer(fd);
         return p.start >= 0 ? p : { pid: p.pid, uid: p.uid, gid: p.gid };
+      } catch (e) {
+        return (e as Error).message;
+      }
+    },
+  };
+}
+
+/**
+ * Reads which local user owns a loopback TCP peer's socket (the addon's sock_diag look-up of the
+ * exact 4-tuple), or says in a few words why it cannot. Never the peer's word: Linux's own record
+ * of the socket. A socket its process already closed names no user (its uid would read as root's).
+ */
+export type LoopbackOwnerReader = (sock: net.Socket) => number | string;
+
+/** The reader for a gRPC listener starting now, or why there is none (KPIP_PEERCRED=off as for {@link peerReader}). */
+export function loopbackOwnerReader(): { read: LoopbackOwnerReader; reason?: string } {
+  const { addon, reason } = process.env.KPIP_PEERCRED === "off" ? { reason: "disabled by KPIP_PEERCRED=off" } : load();
+  const owner = addon?.tcpOwner;
+  if (!addon || !owner) return { read: () => "addon not loaded", reason: reason ?? "no sock_diag in the addon" };
+  return {
+    read: (sock) => {
+      const { remoteAddress, remotePort, localAddress, localPort } = sock;
+      if (!remoteAddress || !remotePort || !localAddress || !localPort) return "no address";
+      try {
+        return owner.call(addon, remoteAddress, remotePort, localAddress, localPort);
       } catch (e) {
         return (e as Error).message;
       }
