@@ -421,7 +421,8 @@ const DECLARED = {
     type: "int",
     default: 0,
     zeroAllowed: true,
-    description: "1 = label usage metrics by persona and workspace id (0: summed per kind, no ids)",
+    description:
+      "1 = label usage metrics by persona and workspace id and named resource (0: summed per kind, no ids, named resources as one)",
   },
   /** Frame bodies above this many bytes travel through shared memory on local sessions (0 = never). */
   shmThreshold: {

@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { Intent } from "@kpip/protocol";
 import { encodeMessage } from "@kpip/protocol";
+import Database from "better-sqlite3";
+import { HOME_FILES } from "../src/index.js";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { sandboxSkip, until, withKernel } from "./harness.js";
+import { removeHome, sandboxSkip, startKernel, until, withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -147,6 +150,45 @@ describe("the budget of answers in preparation", () => {
       for (const r of ok) assert.equal((r.payload as { result: { stdout: Uint8Array } }).result.stdout.length, MiB);
       assert.equal((await admin.call("op.status", op)).status, "SUCCESS", "another session is answered");
     });
+  });
+
+  it("an op.result refused by the answer budget does not count as handed out: the result keeps its unread place", async () => {
+    const t = await startKernel({ maxWriteBuffer: 4 * MiB }, undefined, (k) =>
+      k.registerTask("big", { module: `data:text/javascript,export default () => "x".repeat(${MiB})` }),
+    );
+    try {
+      const admin = await t.admin();
+      const submit = async () => (await admin.call("compute.submit", "op://task/big", {})).payload as { op: string; id: string };
+      const [filler, mine] = [await submit(), await submit()];
+      await admin.ops.wait(filler.op);
+      // Waited on by op.status: op.result would hand it out.
+      await until(
+        async () => ((await admin.call("op.status", mine.op)).payload as { state: string }).state === "succeeded" || undefined,
+      );
+      // Twelve reads of the filler fill the session's answers in preparation; the last, of `mine`, is refused.
+      const p = await RawPeer.admin(t);
+      const frames = Array.from({ length: 12 }, (_, i) =>
+        requestFrame(100 + i, { op: "op.result", target: filler.op, args: {} }),
+      );
+      frames.push(requestFrame(200, { op: "op.result", target: mine.op, args: {} }));
+      p.send(Buffer.concat(frames));
+      await Promise.all(frames.slice(0, 12).map((_, i) => p.response(100 + i)));
+      const r = await p.response(200);
+      assert.equal(r.error, "RESOURCE", r.message);
+      assert.match(r.message ?? "", /answers in preparation/);
+      p.close();
+      // Never handed out: a trim of the tree's finished ops must still keep it within its grace (case 280).
+      const db = new Database(join(t.home, HOME_FILES.database), { readonly: true });
+      try {
+        const row = db.prepare("SELECT claimed_at FROM ops WHERE id = ?").get(mine.id) as { claimed_at: number | null };
+        assert.equal(row.claimed_at, null, "a refused op.result handed nothing out");
+      } finally {
+        db.close();
+      }
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("pipelined agent.logs of a talkative agent: past the session's budget they are refused RESOURCE; the rest answered whole", {

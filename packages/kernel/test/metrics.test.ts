@@ -168,6 +168,30 @@ describe("metrics", () => {
     assert.ok(labelled.includes('kpip_quota_usage{scope="workspace:bobws",resource="storage.bytes"} 617'));
   });
 
+  it("/metrics names no resource a persona chose by default (named resources summed as one); names only with metricsPersonaLabels 1", async () => {
+    const usage = async (o: { metricsPersonaLabels?: number }) => {
+      const t = await startKernel({ metricsListen: "127.0.0.1:0", ...o });
+      try {
+        // A resource's name is the allocating persona's text, as its id is: a project's name, or
+        // data spelled out by a persona that may write nowhere else, read by anyone reaching /metrics.
+        const bob = await t.persona("bob", [{ ops: ["resource.*"], targets: ["persona://bob"] }]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        await b.resources.alloc("bob", "gpu.project_phoenix", 7);
+        await b.resources.alloc("bob", "leak.s3cr3t_2f9a", 3);
+        const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+        return text.split("\n").filter((l) => l.startsWith("kpip_quota_usage{"));
+      } finally {
+        await t.stop();
+        removeHome(t.home);
+      }
+    };
+    const plain = await usage({});
+    assert.ok(!plain.some((l) => /phoenix|s3cr3t|gpu|leak/.test(l)), `no persona's resource names: ${plain.join("\n")}`);
+    assert.ok(plain.includes('kpip_quota_usage{scope="persona",resource="named"} 10'), plain.join("\n"));
+    const labelled = await usage({ metricsPersonaLabels: 1 });
+    assert.ok(labelled.includes('kpip_quota_usage{scope="persona:bob",resource="gpu.project_phoenix"} 7'), labelled.join("\n"));
+  });
+
   it("metricsListen off loopback is a ConfigError (no TLS, no authentication) unless metricsAllowRemote 1", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
     try {

@@ -157,7 +157,7 @@ export class KernelMetrics {
       name: "kpip_quota_usage",
       help: gauges.usageIds
         ? "Resource usage by scope (persona:<id> or workspace:<id>) and resource"
-        : "Resource usage by kind of scope (persona or workspace, summed over them) and resource",
+        : "Resource usage by kind of scope (persona or workspace, summed over them): storage.bytes, and every named resource summed as named",
       labelNames: ["scope", "resource"] as const,
       registers,
       collect() {
@@ -167,14 +167,18 @@ export class KernelMetrics {
           return;
         }
         // No persona or workspace ids in the labels by default: the sum per kind and resource.
+        // Nor the names of named resources (resource.alloc): each is text its persona chose, as
+        // an id is — a project's name, or data a persona that may write nowhere else spells out
+        // for anyone reaching /metrics (64 bytes a name, an allocation each). Summed as `named`.
         const sums = new Map<string, { scope: string; resource: string; amount: number }>();
         for (const u of gauges.usage()) {
           const i = u.scope.indexOf(":");
           const scope = i < 0 ? u.scope : u.scope.slice(0, i);
-          const key = `${scope}\n${u.resource}`;
+          const resource = u.resource === "storage.bytes" ? u.resource : "named";
+          const key = `${scope}\n${resource}`;
           const x = sums.get(key);
           if (x) x.amount += u.amount;
-          else sums.set(key, { scope, resource: u.resource, amount: u.amount });
+          else sums.set(key, { scope, resource, amount: u.amount });
         }
         for (const x of sums.values()) this.set({ scope: x.scope, resource: x.resource }, x.amount);
       },

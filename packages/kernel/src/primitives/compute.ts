@@ -117,13 +117,15 @@ export function computeFamily(
         handler: (ctx): OpResult => {
           const op = ownOp(store, engine, ctx, admin, spawnOf);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
-          // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
-          store.claimOp(op.id, Date.now());
           // Counted before the result is read: a burst of op.result on a large result is refused, not built.
           // A result here is one a full disk kept from the store (ownOp reads none from it).
           const kept = op.result;
           const size = kept ? kept.byteLength : store.opResultBytes(op.id);
           if (size) ctx.holdAnswerBytes(size);
+          // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
+          // Only once the hold is granted: a read refused by the answer budget (the kernel's, which
+          // every persona's reads fill) handed nothing out, and the result keeps its unread place.
+          store.claimOp(op.id, Date.now());
           const stored = kept ?? (size ? (store.getOp(op.id)?.result ?? null) : null);
           const payload = { ...statusPayload(op), result: stored ? decodeCanonical(stored) : null };
           if (op.state === "succeeded") return { status: "SUCCESS", payload };
