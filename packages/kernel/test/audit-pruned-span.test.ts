@@ -48,6 +48,32 @@ describe("a retention pass says whose records it pruned", () => {
       const counted = Object.values(span.personas).reduce((n, c) => n + c.records, 0);
       assert.equal(counted, detail.records, "every pruned record is counted under its persona");
       assert.ok(span.from <= span.to && span.to <= pruned.time, "the span's times are the pruned records'");
+
+      // A second flood, long enough to prune the record that named mallory: the pass that prunes it carries its summary.
+      t = await startKernel({}, home);
+      const again = await t.connect(m.identity, [m.token]);
+      for (let i = 0; i < 80; i++) await again.storage.read("obj://ws/loot");
+      await t.stop();
+      t = await startKernel({}, home);
+      const gone = await until(
+        () => {
+          const first = t.k.inspect.firstAuditSeq() ?? 1;
+          return first > pruned.seq ? first : undefined;
+        },
+        30_000,
+        "a pass that prunes the first audit.pruned record",
+      );
+      await until(
+        () => ((t.k.inspect.queryAudit({ op: "audit.pruned", limit: 1 })[0]?.seq ?? 0) > gone ? true : undefined),
+        30_000,
+        "that pass's audit.pruned record",
+      );
+      const kept = t.k.inspect.queryAudit({ op: "audit.pruned", limit: 100 });
+      await t.stop();
+      assert.ok(!kept.some((r) => r.seq === pruned.seq), "the first pass's record is gone");
+      const oldest = JSON.parse(kept[0]?.detail ?? "{}") as { span?: Span };
+      assert.equal(oldest.span?.personas.mallory?.intents, 1, `the write is still counted: ${kept[0]?.detail}`);
+      assert.equal(oldest.span?.from, span.from, "from the first pruned record on");
     } finally {
       removeHome(home);
     }
@@ -55,9 +81,9 @@ describe("a retention pass says whose records it pruned", () => {
 
   it("decoy personas with more records cannot push a persona with a pruned effect out of the names", () => {
     const span = new PrunedSpan();
-    span.add({ time: 5, persona: "mallory", phase: "intent" });
+    span.add({ time: 5, persona: "mallory", phase: "intent", op: "storage.write" });
     for (let d = 0; d < 100; d++)
-      for (let i = 0; i < 10; i++) span.add({ time: 10 + i, persona: `decoy${d}`, phase: "complete" });
+      for (let i = 0; i < 10; i++) span.add({ time: 10 + i, persona: `decoy${d}`, phase: "complete", op: "storage.read" });
     const out = span.detail() as unknown as Span & { otherPersonas: { records: number; intents: number } };
     assert.equal(Object.keys(out.personas).length, PRUNED_SPAN_PERSONAS);
     assert.deepEqual(out.personas.mallory, { records: 1, intents: 1, last: 5 });
@@ -65,5 +91,18 @@ describe("a retention pass says whose records it pruned", () => {
     assert.equal(out.from, 5);
     assert.equal(out.to, 19);
     assert.equal(new PrunedSpan().detail(), undefined, "nothing pruned, nothing to say");
+    // The record this summary goes into, pruned by a later pass: carried, with the later pass's own.
+    const later = new PrunedSpan();
+    later.add({ time: 30, persona: "-", phase: "kernel", op: "audit.pruned", detail: JSON.stringify({ through: 9, span: out }) });
+    later.add({ time: 31, persona: "mallory", phase: "complete", op: "storage.read" });
+    const carried = later.detail() as unknown as Span & { otherPersonas: { records: number; intents: number } };
+    assert.deepEqual(carried.personas.mallory, { records: 2, intents: 1, last: 31 });
+    assert.equal(carried.from, 5);
+    assert.equal(carried.to, 31);
+    assert.equal(
+      carried.otherPersonas.records,
+      out.otherPersonas.records + 1,
+      "the unnamed still counted, the kernel's record too",
+    );
   });
 });

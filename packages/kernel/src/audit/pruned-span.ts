@@ -18,7 +18,9 @@ interface PersonaCount {
 /**
  * The summary of what a retention pass pruned, for its `audit.pruned` record: without it a
  * persona that floods the log within its grant pushes its own earlier acts out, and the record
- * says only "records 1..N pruned" — not whose they were, nor that effects were among them.
+ * says only "records 1..N pruned" — not whose they were, nor that effects were among them. It
+ * covers every record pruned since the oldest `audit.pruned` record still kept: an earlier
+ * pass's record pruned by this pass has its summary carried in.
  */
 export class PrunedSpan {
   private from: number | undefined;
@@ -26,23 +28,50 @@ export class PrunedSpan {
   private readonly personas = new Map<string, PersonaCount>();
   private untracked = { records: 0, intents: 0 };
 
-  add(r: Pick<AuditRow, "time" | "persona" | "phase">): void {
-    this.from = this.from === undefined ? r.time : Math.min(this.from, r.time);
-    this.to = this.to === undefined ? r.time : Math.max(this.to, r.time);
-    const intent = r.phase === "intent" ? 1 : 0;
-    let c = this.personas.get(r.persona);
-    if (!c && this.personas.size < MAX_TRACKED) {
-      c = { records: 0, intents: 0, last: r.time };
-      this.personas.set(r.persona, c);
+  add(r: Pick<AuditRow, "time" | "persona" | "phase" | "op" | "detail">): void {
+    this.count(r.persona, r.time, r.time, 1, r.phase === "intent" ? 1 : 0);
+    // An earlier pass's summary pruned now is carried into this one: two passes must not do what
+    // one cannot (a flood long enough to prune the record that named it).
+    if (r.phase === "kernel" && r.op === "audit.pruned") this.carry(r.detail);
+  }
+
+  private count(persona: string | undefined, from: number, last: number, records: number, intents: number): void {
+    this.from = this.from === undefined ? from : Math.min(this.from, from);
+    this.to = this.to === undefined ? last : Math.max(this.to, last);
+    let c = persona === undefined ? undefined : this.personas.get(persona);
+    if (persona !== undefined && !c && this.personas.size < MAX_TRACKED) {
+      c = { records: 0, intents: 0, last };
+      this.personas.set(persona, c);
     }
     if (!c) {
-      this.untracked.records++;
-      this.untracked.intents += intent;
+      this.untracked.records += records;
+      this.untracked.intents += intents;
       return;
     }
-    c.records++;
-    c.intents += intent;
-    c.last = Math.max(c.last, r.time);
+    c.records += records;
+    c.intents += intents;
+    c.last = Math.max(c.last, last);
+  }
+
+  /** Merges an `audit.pruned` record's `span` (ignored when malformed: the record is the kernel's own). */
+  private carry(detail: string | null | undefined): void {
+    let span: unknown;
+    try {
+      span = (JSON.parse(detail ?? "{}") as { span?: unknown }).span;
+    } catch {
+      return;
+    }
+    if (!isObject(span) || !isNum(span.from) || !isNum(span.to)) return;
+    const { from, to } = span;
+    const personas = isObject(span.personas) ? span.personas : {};
+    for (const [id, c] of Object.entries(personas))
+      if (isObject(c) && isNum(c.records) && isNum(c.intents) && isNum(c.last))
+        this.count(id, from, c.last, c.records, c.intents);
+    const o = span.otherPersonas;
+    if (isObject(o) && isNum(o.records) && isNum(o.intents)) this.count(undefined, from, to, o.records, o.intents);
+    // The carried span's start and end (also when it named no one).
+    this.from = Math.min(this.from ?? from, from);
+    this.to = Math.max(this.to ?? to, to);
   }
 
   /** `detail.span` of the pass's `audit.pruned` record; undefined when nothing was read. */
@@ -64,4 +93,12 @@ export class PrunedSpan {
       ...(others.records ? { otherPersonas: others } : {}),
     };
   }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function isNum(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 }
