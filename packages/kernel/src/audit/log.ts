@@ -2,6 +2,7 @@ import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
 import { rawPublicKey, sha256, signBytes } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
+import type { PrunedSpan } from "./pruned-span.js";
 import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
 import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
 
@@ -469,8 +470,9 @@ export class AuditLog {
    * transaction, so the log after every slice starts right after a signed checkpoint. Signing a
    * hash read back from the store vouches for nothing new: the chain from it to the pass's
    * checkpoint, which the kernel signed when it computed that hash, pins it. Returns the records removed.
+   * `span`, when given, is shown each record the slice removes, before it goes (the pass's summary).
    */
-  pruneSlice(retain: number, slice: number): number {
+  pruneSlice(retain: number, slice: number, span?: Pick<PrunedSpan, "add">): number {
     if (retain <= 0 || slice <= 0 || this.closed) return 0;
     const first = this.store.firstAuditSeq();
     if (first === undefined) return 0;
@@ -478,15 +480,28 @@ export class AuditLog {
     for (const c of this.store.checkpoints()) if (c.seq >= first && c.seq <= this.seq - retain) through = c;
     if (!through) return 0;
     const end = first - 1 + slice;
-    if (end >= through.seq) return this.store.pruneAudit(through.seq);
+    // Read before they go, counted once they are gone (a slice that throws prunes nothing).
+    const doomed = (cut: number) => (span ? this.store.scanAudit(first, cut - first + 1).filter((r) => r.seq <= cut) : []);
+    const counted = (rows: AuditRow[], n: number) => {
+      for (const r of rows) span?.add(r);
+      return n;
+    };
+    if (end >= through.seq) {
+      const rows = doomed(through.seq);
+      return counted(rows, this.store.pruneAudit(through.seq));
+    }
     const hash = this.store.auditHashAt(end);
     if (!hash) return 0;
+    const rows = doomed(end);
     const c = { kernel: this.kernelId, seq: end, hash, time: Date.now() };
-    return this.store.pruneAudit(end, {
-      ...c,
-      publicKey: this.publicKey,
-      signature: signBytes(this.signingKey, checkpointMessage(c)),
-    });
+    return counted(
+      rows,
+      this.store.pruneAudit(end, {
+        ...c,
+        publicKey: this.publicKey,
+        signature: signBytes(this.signingKey, checkpointMessage(c)),
+      }),
+    );
   }
 
   /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */

@@ -1,6 +1,8 @@
 import type { Logger } from "../log.js";
 import { SliceLoop } from "../slice-loop.js";
+import type { DetailValue } from "./detail.js";
 import type { AuditLog } from "./log.js";
+import { PrunedSpan } from "./pruned-span.js";
 
 /**
  * Audit retention (`auditRetainRecords`) in slices, yielding to requests between them, like the
@@ -16,7 +18,7 @@ export class AuditRetention {
   /** Called when a slice throws, after its log line (the kernel counts it). */
   onError: ((e: unknown) => void) | undefined;
   /** Called after a pass that pruned records (the kernel puts it on the record: `audit.pruned`). */
-  onPruned: ((records: number) => void) | undefined;
+  onPruned: ((records: number, span: { [k: string]: DetailValue } | undefined) => void) | undefined;
 
   constructor(
     private readonly audit: Pick<AuditLog, "pruneSlice">,
@@ -29,11 +31,12 @@ export class AuditRetention {
   run(): void {
     if (this.retain <= 0) return;
     let pass = 0;
+    const span = new PrunedSpan();
     this.loop.run(
       () => {
         let n = 0;
         try {
-          n = this.audit.pruneSlice(this.retain, this.slice);
+          n = this.audit.pruneSlice(this.retain, this.slice, span);
         } catch (e) {
           this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
           this.onError?.(e);
@@ -44,8 +47,12 @@ export class AuditRetention {
       },
       () => {
         if (!pass) return;
-        this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
-        this.onPruned?.(pass);
+        const summary = span.detail();
+        this.log.info(
+          { records: pass, span: summary },
+          "pruned old audit records behind a signed checkpoint (auditRetainRecords)",
+        );
+        this.onPruned?.(pass, summary);
       },
     );
   }

@@ -40,13 +40,14 @@ export function startHousekeeping(
   retention.onError = () => s.metrics.prunerFailures.inc({ pruner: "audit" });
   // Pruning removes evidence: the chain says when the kernel did it and through which record, so a
   // log missing its start without such a record was cut by someone else (kpip audit verify).
-  retention.onPruned = (records) => {
+  retention.onPruned = (records, span) => {
     const through = (s.store.firstAuditSeq() ?? 1) - 1;
     s.records.record({
       op: "audit.pruned",
       target: "kernel://",
       message: `records 1..${through} pruned behind the signed checkpoint at ${through} (auditRetainRecords ${c.auditRetainRecords})`,
-      detail: { through, records, retain: c.auditRetainRecords },
+      // Whose records went, and how many were effects (intents): a flood that pushed a persona's acts out shows.
+      detail: { through, records, retain: c.auditRetainRecords, ...(span ? { span } : {}) },
     });
   };
   // Failed handshakes counted past the record rate go on the record soon after the first of them,
