@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -372,6 +372,56 @@ describe("the audit side index", () => {
     } finally {
       reader.close();
     }
+  });
+
+  it("answers as the scan after a run was killed between writing its chunk files and its meta (the old meta names fewer records than the chunk file holds)", async () => {
+    const grown = join(dir, "grown");
+    mkdirSync(grown);
+    await kernelRecords(grown);
+    const st = newState(11);
+    await appendVaried(grown, 700, st);
+    const idxDir = join(cache, "killed");
+    const shape = { chunkRecords: 500 };
+    let reader = openAuditReader(join(grown, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, grown, idxDir, () => {}, shape));
+    } finally {
+      reader.close();
+    }
+    const oldMeta = readFileSync(join(idxDir, "meta.json"));
+    await appendVaried(grown, 700, st);
+    reader = openAuditReader(join(grown, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, grown, idxDir, () => {}, shape));
+      // The kill: the chunk files of the second run are on disk, its meta never was.
+      writeFileSync(join(idxDir, "meta.json"), oldMeta);
+      const notes: string[] = [];
+      const idx = AuditIndex.open(reader, grown, idxDir, (s) => notes.push(s), shape) as AuditIndex;
+      assert.ok(idx, notes.join());
+      const filters: [TimelineFilter, string | undefined][] = [
+        [{}, undefined],
+        [{ persona: globMatcher("alice/**", "/") }, undefined],
+        [{ op: globMatcher("storage.*", ".") }, undefined],
+        [{ target: globMatcher("obj://ws/**", "/", true) }, "obj://ws/**"],
+      ];
+      for (const [f, target] of filters) {
+        const a = timeline(reader, f, 0, 5000);
+        const b = indexedTimeline(reader, idx, f, target, 0, 5000);
+        assert.deepEqual(b, a, JSON.stringify({ ...f, target }));
+      }
+      for (const q of [{ persona: patternTest("alice/**") }, { status: "SUCCESS" }] as QueryFilter[]) {
+        const a = queryRecords(reader, undefined, q, 10_000);
+        const b = queryRecords(reader, idx, q, 10_000);
+        assert.equal(b.total, a.total);
+        assert.deepEqual(
+          b.rows.map((r) => r.seq),
+          a.rows.map((r) => r.seq),
+        );
+      }
+    } finally {
+      reader.close();
+    }
+    rmSync(grown, { recursive: true, force: true });
   });
 
   it("is built again, never answered from, when the evidence at its path is another chain", async () => {

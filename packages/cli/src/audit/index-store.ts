@@ -138,8 +138,20 @@ function chunkBytes(c: Chunk): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The index is not the log's (a chunk file another run rewrote, a record gone): the caller answers by the full scan. */
+export class IndexStaleError extends Error {
+  override name = "IndexStaleError";
+}
+
+/**
+ * A chunk file's first `n` records. The columns are laid out by the records the file holds, which
+ * may be more than the meta counts: a run killed (or outrun by another) after writing its chunks
+ * and before its meta leaves a file longer than the meta says, read at the file's own offsets.
+ */
 function chunkFrom(bytes: Buffer, n: number): Chunk {
-  if (bytes.length < n * RECORD_BYTES) throw new Error("chunk file shorter than its count");
+  const held = bytes.length / RECORD_BYTES;
+  if (!Number.isInteger(held) || held < n)
+    throw new IndexStaleError(`an audit index chunk file holds ${held} records, not the ${n} its meta counts`);
   // The typed arrays are views of the file's bytes (a copy only where they are not 8-aligned).
   const aligned = bytes.byteOffset % 8 === 0 ? bytes : Buffer.from(new Uint8Array(bytes));
   const buf = aligned.buffer;
@@ -147,15 +159,15 @@ function chunkFrom(bytes: Buffer, n: number): Chunk {
   let at = aligned.byteOffset;
   for (const k of F64) {
     c[k] = new Float64Array(buf, at, n);
-    at += n * 8;
+    at += held * 8;
   }
   for (const k of U32) {
     c[k] = new Uint32Array(buf, at, n);
-    at += n * 4;
+    at += held * 4;
   }
   for (const k of U8) {
     c[k] = new Uint8Array(buf, at, n);
-    at += n;
+    at += held;
   }
   return c;
 }
@@ -376,7 +388,7 @@ export class AuditIndex {
     const pending = new Map(this.meta.pending);
     const from = this.meta.last ? this.meta.last.seq + 1 : undefined;
     let last: AuditRecord | undefined;
-    // Chunks first, then the meta that counts their records (a crash between leaves the old meta, which reads fewer).
+    // Chunks first, then the meta that counts their records (a crash between leaves the old meta: it reads the first of them, chunkFrom).
     for (const r of reader.records(from !== undefined ? { from } : undefined)) {
       if (this.meta.last && r.seq <= this.meta.last.seq) continue;
       if (!this.tail || this.tail.n >= this.meta.chunkRecords) {
