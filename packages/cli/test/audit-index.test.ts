@@ -424,6 +424,60 @@ describe("the audit side index", () => {
     rmSync(grown, { recursive: true, force: true });
   });
 
+  it("removes the chunk files of records retention pruned from the log: its disk stays bounded as the log's, its answers the scan's", async () => {
+    const kept = join(dir, "kept");
+    mkdirSync(kept);
+    await kernelRecords(kept);
+    const st = newState(13);
+    await appendVaried(kept, 2000, st);
+    const idxDir = join(cache, "pruned");
+    const shape = { chunkRecords: 300 };
+    const chunkFiles = () => readdirSync(idxDir).filter((n) => n.startsWith("chunk-")).length;
+    let reader = openAuditReader(join(kept, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, kept, idxDir, () => {}, shape));
+    } finally {
+      reader.close();
+    }
+    const before = chunkFiles();
+    assert.ok(before >= 6, `${before} chunk files`);
+    // Retention: all but the newest 300 or so records pruned (through the newest checkpoint that leaves them).
+    const store = new SqliteStore(join(kept, "kernel.db"));
+    store.useAuditSegments(join(kept, "audit"));
+    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 64, checkpointEvery: 500 });
+    while (log.pruneSlice(300, 10_000) > 0);
+    log.close();
+    store.close();
+    await appendVaried(kept, 200, st);
+    reader = openAuditReader(join(kept, "kernel.db"));
+    try {
+      const first = reader.firstAuditSeq() as number;
+      assert.ok(first > 1500, `first record ${first}`);
+      const notes: string[] = [];
+      const idx = AuditIndex.open(reader, kept, idxDir, (s) => notes.push(s), shape) as AuditIndex;
+      assert.ok(idx, notes.join());
+      // The chunks still holding a record of the log, and no more.
+      const live = Math.ceil((reader.headSeq() as number) / 300) - Math.floor((first - 1) / 300);
+      assert.ok(chunkFiles() <= live + 1, `${chunkFiles()} chunk files for ${live} chunks of the log (${before} before)`);
+      for (const [f, target] of [
+        [{}, undefined],
+        [{ persona: globMatcher("alice/**", "/") }, undefined],
+      ] as [TimelineFilter, string | undefined][]) {
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, 0, 5000), timeline(reader, f, 0, 5000));
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, first + 50, 5000), timeline(reader, f, first + 50, 5000));
+      }
+      const a = queryRecords(reader, undefined, { status: "SUCCESS" }, 10_000);
+      const b = queryRecords(reader, idx, { status: "SUCCESS" }, 10_000);
+      assert.equal(b.total, a.total);
+      // Opened again: loads, nothing noted.
+      assert.ok(AuditIndex.open(reader, kept, idxDir, (s) => notes.push(s), shape));
+      assert.deepEqual(notes, []);
+    } finally {
+      reader.close();
+    }
+    rmSync(kept, { recursive: true, force: true });
+  });
+
   it("is built again, never answered from, when the evidence at its path is another chain", async () => {
     const other = join(dir, "other");
     mkdirSync(other);

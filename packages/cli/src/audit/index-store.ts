@@ -182,6 +182,8 @@ interface Meta {
   dictEntries?: number;
   /** Records per chunk file, oldest first, and the hash of each chunk's first record. */
   chunks: { n: number; firstSeq: number; firstHash: string }[];
+  /** Chunks, from the first, whose records were all pruned from the log: their files are removed. */
+  dropped?: number;
   last: { seq: number; hash: string } | null;
   dicts: Record<DictName, string[]>;
   /** The full scan's intents waiting for their outcome: pair key, intent seq. */
@@ -402,13 +404,35 @@ export class AuditIndex {
       last = r;
       if (pending.size > MAX_PENDING) return false;
     }
-    if (!last || !this.tail) return true;
+    const dropped = this.dropPruned(reader.firstAuditSeq());
+    if (!last || !this.tail) {
+      if (dropped) writeAtomic(join(this.dir, "meta.json"), Buffer.from(JSON.stringify(this.meta)));
+      return true;
+    }
     this.meta.last = { seq: last.seq, hash: hex(last.hash) };
     this.meta.pending = [...pending];
     writeAtomic(join(this.dir, chunkName(this.meta.chunks.length - 1)), chunkBytes(this.tail));
     for (const k of DICTS) this.meta.dicts[k] = this.dicts[k].values;
     writeAtomic(join(this.dir, "meta.json"), Buffer.from(JSON.stringify(this.meta)));
     return true;
+  }
+
+  /**
+   * Removes the files of the chunks whose records were all pruned from the log (retention): no
+   * answer reads them again (eachEntry starts at the log's first record), and kept they grew the
+   * cache without bound under a log that retention keeps bounded. True when one was removed.
+   */
+  private dropPruned(first: number | undefined): boolean {
+    const m = this.meta;
+    const was = m.dropped ?? 0;
+    let at = was;
+    if (first === undefined) return false;
+    while (at + 1 < m.chunks.length && (m.chunks[at + 1] as { firstSeq: number }).firstSeq <= first) {
+      rmSync(join(this.dir, chunkName(at)), { force: true });
+      at++;
+    }
+    m.dropped = at;
+    return at > was;
   }
 
   private add(c: Chunk, r: AuditRecord, pending: Map<string, number>): void {
