@@ -533,6 +533,34 @@ describe("the audit side index", () => {
     rmSync(cut, { recursive: true, force: true });
   });
 
+  it("answers by the full read when a chunk file is gone from under it (another run's rebuild, the cache cleared)", async () => {
+    const gone = join(dir, "gone");
+    cpSync(home, gone, { recursive: true });
+    const idxDir = join(cache, "gone-chunk");
+    const reader = openAuditReader(join(gone, "kernel.db"));
+    try {
+      const idx = AuditIndex.open(reader, gone, idxDir, () => {}, { chunkRecords: 400 }) as AuditIndex;
+      assert.ok(idx.chunkCount > 3);
+      rmSync(join(idxDir, "chunk-000001.bin"));
+      const args = ["timeline", "--json", "--limit", "100000"];
+      const scan = await kpip(["audit", ...args, "--home", gone, "--no-index"]);
+      // The CLI's own index of this home, whose meta names the chunk: the meta of idxDir put in its place.
+      const r = await kpip(["audit", "query", "--limit", "1", "--home", gone, "--index-dir", join(dir, "gone-cache")]);
+      assert.equal(r.code, 0, r.err);
+      const [hashed] = readdirSync(join(dir, "gone-cache"));
+      const cliDir = join(dir, "gone-cache", hashed as string);
+      rmSync(cliDir, { recursive: true });
+      cpSync(idxDir, cliDir, { recursive: true });
+      const got = await kpip(["audit", ...args, "--home", gone, "--index-dir", join(dir, "gone-cache")]);
+      assert.equal(got.code, 0, got.err);
+      assert.equal(got.out, scan.out);
+      assert.match(got.err, /chunk file cannot be read .*every record is decoded/);
+    } finally {
+      reader.close();
+    }
+    rmSync(gone, { recursive: true, force: true });
+  });
+
   it("is never kept inside the home", async () => {
     const r = await kpip(["audit", "timeline", "--home", home, "--index-dir", join(home, "idx")]);
     assert.equal(r.code, 2);

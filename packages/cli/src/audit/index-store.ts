@@ -307,7 +307,14 @@ export class AuditIndex {
     const m = this.meta.chunks[i];
     if (!m) throw new Error(`no chunk ${i}`);
     if (i === this.meta.chunks.length - 1 && this.tail && this.tail.n === m.n) return this.tail;
-    return chunkFrom(readFileSync(join(this.dir, chunkName(i))), m.n);
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(join(this.dir, chunkName(i)));
+    } catch (e) {
+      // Removed under this run (another run's rebuild, the user clearing the cache): answered by the scan.
+      throw new IndexStaleError(`an audit index chunk file cannot be read (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    return chunkFrom(bytes, m.n);
   }
 
   /**
