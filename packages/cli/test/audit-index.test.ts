@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -559,6 +559,27 @@ describe("the audit side index", () => {
       reader.close();
     }
     rmSync(gone, { recursive: true, force: true });
+  });
+
+  it("is not used under a directory other users can change (an --index-dir in a shared, unsticky directory): the full read answers", async () => {
+    const shared = join(dir, "shared");
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    const args = ["timeline", "--json", "--limit", "50", "--persona", "alice/**"];
+    const scan = await kpip(["audit", ...args, "--home", home, "--no-index"]);
+    const r = await kpip(["audit", ...args, "--home", home, "--index-dir", join(shared, "idx")]);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, scan.out);
+    assert.match(r.err, /can be changed by other users .*: not used/);
+    assert.deepEqual(
+      readdirSync(join(shared, "idx")).filter((n) => existsSync(join(shared, "idx", n, "meta.json"))),
+      [],
+    );
+    // Sticky (as /tmp): another user can neither rename nor remove what this one made there.
+    chmodSync(shared, 0o1777);
+    const sticky = await kpip(["audit", ...args, "--home", home, "--index-dir", join(shared, "idx")]);
+    assert.equal(sticky.out, scan.out);
+    assert.doesNotMatch(sticky.err, /not used/);
   });
 
   it("is never kept inside the home", async () => {

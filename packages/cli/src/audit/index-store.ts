@@ -242,6 +242,25 @@ export function indexDir(home: string, root: string | undefined): string | undef
   return join(realBase, createHash("sha256").update(realHome).digest("hex").slice(0, 32));
 }
 
+/**
+ * The first directory above `dir` another user could rename or replace entries of: writable by
+ * others (or by a group not the user's) without the sticky bit, or owned by another user than
+ * this one or root. Under it the index's directory could be swapped between its check and its
+ * reads for one holding another user's meta and chunks: an index that answers what they chose.
+ */
+function sharedAncestor(dir: string): string | undefined {
+  const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  if (uid === undefined) return undefined;
+  for (let at = dirname(dir); ; at = dirname(at)) {
+    const st = lstatSync(at);
+    const sticky = (st.mode & 0o1000) !== 0;
+    const others = (st.mode & 0o002) !== 0 || ((st.mode & 0o020) !== 0 && st.gid !== gid);
+    if ((st.uid !== uid && st.uid !== 0) || (others && !sticky)) return at;
+    if (dirname(at) === at) return undefined;
+  }
+}
+
 /** Index directories looked at per run for a home that is gone: a bounded cost, the cache emptied over runs. */
 const SWEEP = 64;
 
@@ -334,6 +353,13 @@ export class AuditIndex {
     const st = statSync(dir);
     if (!st.isDirectory() || (process.getuid && st.uid !== process.getuid()) || (st.mode & 0o077) !== 0) {
       note(`the index directory ${dir} is not a private directory of this user: not used`);
+      return undefined;
+    }
+    const shared = sharedAncestor(dir);
+    if (shared !== undefined) {
+      note(
+        `${shared}, above the index directory, can be changed by other users (who could put their own index in its place): not used`,
+      );
       return undefined;
     }
     let idx = AuditIndex.load(reader, home, dir, note);
