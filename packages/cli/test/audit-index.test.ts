@@ -582,6 +582,64 @@ describe("the audit side index", () => {
     assert.doesNotMatch(sticky.err, /not used/);
   });
 
+  it("answers as the scan when built a piece at a time at random points (intents waiting across builds, small chunks and tables), for random filters and pages", async () => {
+    const pieces = join(dir, "pieces");
+    mkdirSync(pieces);
+    await kernelRecords(pieces);
+    const rnd = prng(23);
+    const st = newState(29);
+    const idxDir = join(cache, "pieces");
+    for (let b = 0; b < 6; b++) {
+      await appendVaried(pieces, 20 + Math.floor(rnd() * 300), st);
+      const reader = openAuditReader(join(pieces, "kernel.db"));
+      try {
+        assert.ok(AuditIndex.open(reader, pieces, idxDir, () => {}, { chunkRecords: 97, dictEntries: 5 }));
+      } finally {
+        reader.close();
+      }
+    }
+    const reader = openAuditReader(join(pieces, "kernel.db"));
+    try {
+      const idx = AuditIndex.open(reader, pieces, idxDir, () => {}) as AuditIndex;
+      const head = reader.headSeq() as number;
+      const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)] as T;
+      const targets = [
+        "obj://ws/",
+        "obj://ws/**",
+        "obj://w*",
+        "token://",
+        "kernel://",
+        "obj://ws/b/c",
+        "no scheme*",
+        "topic://t/?",
+      ];
+      for (let n = 0; n < 60; n++) {
+        const f: TimelineFilter = {};
+        let target: string | undefined;
+        if (rnd() < 0.4) f.persona = globMatcher(pick(["alice", "alice/**", "bob", "carol", "a*"]), "/");
+        if (rnd() < 0.3) f.op = globMatcher(pick(["storage.*", "token.mint", "session.*"]), ".");
+        if (rnd() < 0.3) {
+          target = pick(targets);
+          f.target = globMatcher(target, "/", true);
+        }
+        if (rnd() < 0.2) f.token = (pick(TOKENS) as string).slice(0, pick([4, 32]));
+        if (rnd() < 0.2) f.seq = { from: Math.floor(rnd() * head), to: Math.floor(rnd() * head) + 50 };
+        const after = rnd() < 0.3 ? Math.floor(rnd() * head) : 0;
+        const limit = pick([1, 7, 100_000]);
+        const what = JSON.stringify({ n, target, after, limit, token: f.token, seq: f.seq });
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, after, limit), timeline(reader, f, after, limit), what);
+        const sa = new Summary();
+        const sb = new Summary();
+        timeline(reader, f, after, 0, (r) => sa.add(r));
+        indexedTimeline(reader, idx, f, target, after, 0, (r) => sb.add(r));
+        assert.deepEqual(sb.groups(), sa.groups(), `summary ${what}`);
+      }
+    } finally {
+      reader.close();
+    }
+    rmSync(pieces, { recursive: true, force: true });
+  });
+
   it("is never kept inside the home", async () => {
     const r = await kpip(["audit", "timeline", "--home", home, "--index-dir", join(home, "idx")]);
     assert.equal(r.code, 2);
