@@ -565,12 +565,17 @@ describe("the audit side index", () => {
     const shared = join(dir, "shared");
     mkdirSync(shared);
     chmodSync(shared, 0o777);
+    // What looks like an index of a home that is gone: not swept from there either.
+    const stray = join(shared, "idx", "0123456789abcdef0123456789abcdef");
+    mkdirSync(stray, { recursive: true, mode: 0o700 });
+    writeFileSync(join(stray, "home"), join(dir, "no-such-home"));
     const args = ["timeline", "--json", "--limit", "50", "--persona", "alice/**"];
     const scan = await kpip(["audit", ...args, "--home", home, "--no-index"]);
     const r = await kpip(["audit", ...args, "--home", home, "--index-dir", join(shared, "idx")]);
     assert.equal(r.code, 0, r.err);
     assert.equal(r.out, scan.out);
     assert.match(r.err, /can be changed by other users .*: not used/);
+    assert.ok(existsSync(stray), "nothing swept from a directory other users can change");
     assert.deepEqual(
       readdirSync(join(shared, "idx")).filter((n) => existsSync(join(shared, "idx", n, "meta.json"))),
       [],

@@ -253,7 +253,8 @@ function sharedAncestor(dir: string): string | undefined {
   const gid = process.getgid?.();
   if (uid === undefined) return undefined;
   for (let at = dirname(dir); ; at = dirname(at)) {
-    const st = lstatSync(at);
+    const st = lstatSync(at, { throwIfNoEntry: false });
+    if (st === undefined) continue; // made by this run, mode 0700
     const sticky = (st.mode & 0o1000) !== 0;
     const others = (st.mode & 0o002) !== 0 || ((st.mode & 0o020) !== 0 && st.gid !== gid);
     if ((st.uid !== uid && st.uid !== 0) || (others && !sticky)) return at;
@@ -270,6 +271,8 @@ const SWEEP = 64;
  */
 export function sweepIndexes(dir: string): void {
   const root = dirname(dir);
+  // Where another user can rename entries, what was checked need not be what is removed.
+  if (sharedAncestor(dir) !== undefined) return;
   let names: string[];
   try {
     names = readdirSync(root).filter((n) => /^[0-9a-f]{32}$/.test(n));
