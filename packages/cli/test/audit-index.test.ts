@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -374,6 +374,110 @@ describe("the audit side index", () => {
     }
   });
 
+  it("answers as the scan after a run was killed between writing its chunk files and its meta (the old meta names fewer records than the chunk file holds)", async () => {
+    const grown = join(dir, "grown");
+    mkdirSync(grown);
+    await kernelRecords(grown);
+    const st = newState(11);
+    await appendVaried(grown, 700, st);
+    const idxDir = join(cache, "killed");
+    const shape = { chunkRecords: 500 };
+    let reader = openAuditReader(join(grown, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, grown, idxDir, () => {}, shape));
+    } finally {
+      reader.close();
+    }
+    const oldMeta = readFileSync(join(idxDir, "meta.json"));
+    await appendVaried(grown, 700, st);
+    reader = openAuditReader(join(grown, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, grown, idxDir, () => {}, shape));
+      // The kill: the chunk files of the second run are on disk, its meta never was.
+      writeFileSync(join(idxDir, "meta.json"), oldMeta);
+      const notes: string[] = [];
+      const idx = AuditIndex.open(reader, grown, idxDir, (s) => notes.push(s), shape) as AuditIndex;
+      assert.ok(idx, notes.join());
+      const filters: [TimelineFilter, string | undefined][] = [
+        [{}, undefined],
+        [{ persona: globMatcher("alice/**", "/") }, undefined],
+        [{ op: globMatcher("storage.*", ".") }, undefined],
+        [{ target: globMatcher("obj://ws/**", "/", true) }, "obj://ws/**"],
+      ];
+      for (const [f, target] of filters) {
+        const a = timeline(reader, f, 0, 5000);
+        const b = indexedTimeline(reader, idx, f, target, 0, 5000);
+        assert.deepEqual(b, a, JSON.stringify({ ...f, target }));
+      }
+      for (const q of [{ persona: patternTest("alice/**") }, { status: "SUCCESS" }] as QueryFilter[]) {
+        const a = queryRecords(reader, undefined, q, 10_000);
+        const b = queryRecords(reader, idx, q, 10_000);
+        assert.equal(b.total, a.total);
+        assert.deepEqual(
+          b.rows.map((r) => r.seq),
+          a.rows.map((r) => r.seq),
+        );
+      }
+    } finally {
+      reader.close();
+    }
+    rmSync(grown, { recursive: true, force: true });
+  });
+
+  it("removes the chunk files of records retention pruned from the log: its disk stays bounded as the log's, its answers the scan's", async () => {
+    const kept = join(dir, "kept");
+    mkdirSync(kept);
+    await kernelRecords(kept);
+    const st = newState(13);
+    await appendVaried(kept, 2000, st);
+    const idxDir = join(cache, "pruned");
+    const shape = { chunkRecords: 300 };
+    const chunkFiles = () => readdirSync(idxDir).filter((n) => n.startsWith("chunk-")).length;
+    let reader = openAuditReader(join(kept, "kernel.db"));
+    try {
+      assert.ok(AuditIndex.open(reader, kept, idxDir, () => {}, shape));
+    } finally {
+      reader.close();
+    }
+    const before = chunkFiles();
+    assert.ok(before >= 6, `${before} chunk files`);
+    // Retention: all but the newest 300 or so records pruned (through the newest checkpoint that leaves them).
+    const store = new SqliteStore(join(kept, "kernel.db"));
+    store.useAuditSegments(join(kept, "audit"));
+    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 64, checkpointEvery: 500 });
+    while (log.pruneSlice(300, 10_000) > 0);
+    log.close();
+    store.close();
+    await appendVaried(kept, 200, st);
+    reader = openAuditReader(join(kept, "kernel.db"));
+    try {
+      const first = reader.firstAuditSeq() as number;
+      assert.ok(first > 1500, `first record ${first}`);
+      const notes: string[] = [];
+      const idx = AuditIndex.open(reader, kept, idxDir, (s) => notes.push(s), shape) as AuditIndex;
+      assert.ok(idx, notes.join());
+      // The chunks still holding a record of the log, and no more.
+      const live = Math.ceil((reader.headSeq() as number) / 300) - Math.floor((first - 1) / 300);
+      assert.ok(chunkFiles() <= live + 1, `${chunkFiles()} chunk files for ${live} chunks of the log (${before} before)`);
+      for (const [f, target] of [
+        [{}, undefined],
+        [{ persona: globMatcher("alice/**", "/") }, undefined],
+      ] as [TimelineFilter, string | undefined][]) {
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, 0, 5000), timeline(reader, f, 0, 5000));
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, first + 50, 5000), timeline(reader, f, first + 50, 5000));
+      }
+      const a = queryRecords(reader, undefined, { status: "SUCCESS" }, 10_000);
+      const b = queryRecords(reader, idx, { status: "SUCCESS" }, 10_000);
+      assert.equal(b.total, a.total);
+      // Opened again: loads, nothing noted.
+      assert.ok(AuditIndex.open(reader, kept, idxDir, (s) => notes.push(s), shape));
+      assert.deepEqual(notes, []);
+    } finally {
+      reader.close();
+    }
+    rmSync(kept, { recursive: true, force: true });
+  });
+
   it("is built again, never answered from, when the evidence at its path is another chain", async () => {
     const other = join(dir, "other");
     mkdirSync(other);
@@ -427,6 +531,118 @@ describe("the audit side index", () => {
       assert.equal(next.err, full.err, args.join(" "));
     }
     rmSync(cut, { recursive: true, force: true });
+  });
+
+  it("answers by the full read when a chunk file is gone from under it (another run's rebuild, the cache cleared)", async () => {
+    const gone = join(dir, "gone");
+    cpSync(home, gone, { recursive: true });
+    const idxDir = join(cache, "gone-chunk");
+    const reader = openAuditReader(join(gone, "kernel.db"));
+    try {
+      const idx = AuditIndex.open(reader, gone, idxDir, () => {}, { chunkRecords: 400 }) as AuditIndex;
+      assert.ok(idx.chunkCount > 3);
+      rmSync(join(idxDir, "chunk-000001.bin"));
+      const args = ["timeline", "--json", "--limit", "100000"];
+      const scan = await kpip(["audit", ...args, "--home", gone, "--no-index"]);
+      // The CLI's own index of this home, whose meta names the chunk: the meta of idxDir put in its place.
+      const r = await kpip(["audit", "query", "--limit", "1", "--home", gone, "--index-dir", join(dir, "gone-cache")]);
+      assert.equal(r.code, 0, r.err);
+      const [hashed] = readdirSync(join(dir, "gone-cache"));
+      const cliDir = join(dir, "gone-cache", hashed as string);
+      rmSync(cliDir, { recursive: true });
+      cpSync(idxDir, cliDir, { recursive: true });
+      const got = await kpip(["audit", ...args, "--home", gone, "--index-dir", join(dir, "gone-cache")]);
+      assert.equal(got.code, 0, got.err);
+      assert.equal(got.out, scan.out);
+      assert.match(got.err, /chunk file cannot be read .*every record is decoded/);
+    } finally {
+      reader.close();
+    }
+    rmSync(gone, { recursive: true, force: true });
+  });
+
+  it("is not used under a directory other users can change (an --index-dir in a shared, unsticky directory): the full read answers", async () => {
+    const shared = join(dir, "shared");
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    // What looks like an index of a home that is gone: not swept from there either.
+    const stray = join(shared, "idx", "0123456789abcdef0123456789abcdef");
+    mkdirSync(stray, { recursive: true, mode: 0o700 });
+    writeFileSync(join(stray, "home"), join(dir, "no-such-home"));
+    const args = ["timeline", "--json", "--limit", "50", "--persona", "alice/**"];
+    const scan = await kpip(["audit", ...args, "--home", home, "--no-index"]);
+    const r = await kpip(["audit", ...args, "--home", home, "--index-dir", join(shared, "idx")]);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, scan.out);
+    assert.match(r.err, /can be changed by other users .*: not used/);
+    assert.ok(existsSync(stray), "nothing swept from a directory other users can change");
+    assert.deepEqual(
+      readdirSync(join(shared, "idx")).filter((n) => existsSync(join(shared, "idx", n, "meta.json"))),
+      [],
+    );
+    // Sticky (as /tmp): another user can neither rename nor remove what this one made there.
+    chmodSync(shared, 0o1777);
+    const sticky = await kpip(["audit", ...args, "--home", home, "--index-dir", join(shared, "idx")]);
+    assert.equal(sticky.out, scan.out);
+    assert.doesNotMatch(sticky.err, /not used/);
+  });
+
+  it("answers as the scan when built a piece at a time at random points (intents waiting across builds, small chunks and tables), for random filters and pages", async () => {
+    const pieces = join(dir, "pieces");
+    mkdirSync(pieces);
+    await kernelRecords(pieces);
+    const rnd = prng(23);
+    const st = newState(29);
+    const idxDir = join(cache, "pieces");
+    for (let b = 0; b < 6; b++) {
+      await appendVaried(pieces, 20 + Math.floor(rnd() * 300), st);
+      const reader = openAuditReader(join(pieces, "kernel.db"));
+      try {
+        assert.ok(AuditIndex.open(reader, pieces, idxDir, () => {}, { chunkRecords: 97, dictEntries: 5 }));
+      } finally {
+        reader.close();
+      }
+    }
+    const reader = openAuditReader(join(pieces, "kernel.db"));
+    try {
+      const idx = AuditIndex.open(reader, pieces, idxDir, () => {}) as AuditIndex;
+      const head = reader.headSeq() as number;
+      const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)] as T;
+      const targets = [
+        "obj://ws/",
+        "obj://ws/**",
+        "obj://w*",
+        "token://",
+        "kernel://",
+        "obj://ws/b/c",
+        "no scheme*",
+        "topic://t/?",
+      ];
+      for (let n = 0; n < 60; n++) {
+        const f: TimelineFilter = {};
+        let target: string | undefined;
+        if (rnd() < 0.4) f.persona = globMatcher(pick(["alice", "alice/**", "bob", "carol", "a*"]), "/");
+        if (rnd() < 0.3) f.op = globMatcher(pick(["storage.*", "token.mint", "session.*"]), ".");
+        if (rnd() < 0.3) {
+          target = pick(targets);
+          f.target = globMatcher(target, "/", true);
+        }
+        if (rnd() < 0.2) f.token = (pick(TOKENS) as string).slice(0, pick([4, 32]));
+        if (rnd() < 0.2) f.seq = { from: Math.floor(rnd() * head), to: Math.floor(rnd() * head) + 50 };
+        const after = rnd() < 0.3 ? Math.floor(rnd() * head) : 0;
+        const limit = pick([1, 7, 100_000]);
+        const what = JSON.stringify({ n, target, after, limit, token: f.token, seq: f.seq });
+        assert.deepEqual(indexedTimeline(reader, idx, f, target, after, limit), timeline(reader, f, after, limit), what);
+        const sa = new Summary();
+        const sb = new Summary();
+        timeline(reader, f, after, 0, (r) => sa.add(r));
+        indexedTimeline(reader, idx, f, target, after, 0, (r) => sb.add(r));
+        assert.deepEqual(sb.groups(), sa.groups(), `summary ${what}`);
+      }
+    } finally {
+      reader.close();
+    }
+    rmSync(pieces, { recursive: true, force: true });
   });
 
   it("is never kept inside the home", async () => {

@@ -1,5 +1,5 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
-import { type AuditIndex, type Chunk, type Dict, NULL_ID, SMALL_UNKNOWN, UNKNOWN } from "./index-store.js";
+import { type AuditIndex, type Chunk, type Dict, IndexStaleError, NULL_ID, SMALL_UNKNOWN, UNKNOWN } from "./index-store.js";
 
 /** A decision from the index's columns: the record surely does not match, surely does, or must be decoded to tell. */
 export const NO = 0;
@@ -8,9 +8,7 @@ export const MAYBE = 2;
 export type Decision = typeof NO | typeof YES | typeof MAYBE;
 
 /** The index named a record the log does not hold (changed under it): the caller answers by the full scan. */
-export class IndexStaleError extends Error {
-  override name = "IndexStaleError";
-}
+export { IndexStaleError };
 
 /**
  * Records by seq for the indexed answers: one at a time, or a run of them when the records asked

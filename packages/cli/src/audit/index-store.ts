@@ -138,8 +138,20 @@ function chunkBytes(c: Chunk): Buffer {
   return Buffer.concat(parts);
 }
 
+/** The index is not the log's (a chunk file another run rewrote, a record gone): the caller answers by the full scan. */
+export class IndexStaleError extends Error {
+  override name = "IndexStaleError";
+}
+
+/**
+ * A chunk file's first `n` records. The columns are laid out by the records the file holds, which
+ * may be more than the meta counts: a run killed (or outrun by another) after writing its chunks
+ * and before its meta leaves a file longer than the meta says, read at the file's own offsets.
+ */
 function chunkFrom(bytes: Buffer, n: number): Chunk {
-  if (bytes.length < n * RECORD_BYTES) throw new Error("chunk file shorter than its count");
+  const held = bytes.length / RECORD_BYTES;
+  if (!Number.isInteger(held) || held < n)
+    throw new IndexStaleError(`an audit index chunk file holds ${held} records, not the ${n} its meta counts`);
   // The typed arrays are views of the file's bytes (a copy only where they are not 8-aligned).
   const aligned = bytes.byteOffset % 8 === 0 ? bytes : Buffer.from(new Uint8Array(bytes));
   const buf = aligned.buffer;
@@ -147,15 +159,15 @@ function chunkFrom(bytes: Buffer, n: number): Chunk {
   let at = aligned.byteOffset;
   for (const k of F64) {
     c[k] = new Float64Array(buf, at, n);
-    at += n * 8;
+    at += held * 8;
   }
   for (const k of U32) {
     c[k] = new Uint32Array(buf, at, n);
-    at += n * 4;
+    at += held * 4;
   }
   for (const k of U8) {
     c[k] = new Uint8Array(buf, at, n);
-    at += n;
+    at += held;
   }
   return c;
 }
@@ -170,6 +182,8 @@ interface Meta {
   dictEntries?: number;
   /** Records per chunk file, oldest first, and the hash of each chunk's first record. */
   chunks: { n: number; firstSeq: number; firstHash: string }[];
+  /** Chunks, from the first, whose records were all pruned from the log: their files are removed. */
+  dropped?: number;
   last: { seq: number; hash: string } | null;
   dicts: Record<DictName, string[]>;
   /** The full scan's intents waiting for their outcome: pair key, intent seq. */
@@ -228,6 +242,26 @@ export function indexDir(home: string, root: string | undefined): string | undef
   return join(realBase, createHash("sha256").update(realHome).digest("hex").slice(0, 32));
 }
 
+/**
+ * The first directory above `dir` another user could rename or replace entries of: writable by
+ * others (or by a group not the user's) without the sticky bit, or owned by another user than
+ * this one or root. Under it the index's directory could be swapped between its check and its
+ * reads for one holding another user's meta and chunks: an index that answers what they chose.
+ */
+function sharedAncestor(dir: string): string | undefined {
+  const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  if (uid === undefined) return undefined;
+  for (let at = dirname(dir); ; at = dirname(at)) {
+    const st = lstatSync(at, { throwIfNoEntry: false });
+    if (st === undefined) continue; // made by this run, mode 0700
+    const sticky = (st.mode & 0o1000) !== 0;
+    const others = (st.mode & 0o002) !== 0 || ((st.mode & 0o020) !== 0 && st.gid !== gid);
+    if ((st.uid !== uid && st.uid !== 0) || (others && !sticky)) return at;
+    if (dirname(at) === at) return undefined;
+  }
+}
+
 /** Index directories looked at per run for a home that is gone: a bounded cost, the cache emptied over runs. */
 const SWEEP = 64;
 
@@ -237,6 +271,8 @@ const SWEEP = 64;
  */
 export function sweepIndexes(dir: string): void {
   const root = dirname(dir);
+  // Where another user can rename entries, what was checked need not be what is removed.
+  if (sharedAncestor(dir) !== undefined) return;
   let names: string[];
   try {
     names = readdirSync(root).filter((n) => /^[0-9a-f]{32}$/.test(n));
@@ -293,7 +329,14 @@ export class AuditIndex {
     const m = this.meta.chunks[i];
     if (!m) throw new Error(`no chunk ${i}`);
     if (i === this.meta.chunks.length - 1 && this.tail && this.tail.n === m.n) return this.tail;
-    return chunkFrom(readFileSync(join(this.dir, chunkName(i))), m.n);
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(join(this.dir, chunkName(i)));
+    } catch (e) {
+      // Removed under this run (another run's rebuild, the user clearing the cache): answered by the scan.
+      throw new IndexStaleError(`an audit index chunk file cannot be read (${(e as NodeJS.ErrnoException).code ?? e})`);
+    }
+    return chunkFrom(bytes, m.n);
   }
 
   /**
@@ -313,6 +356,13 @@ export class AuditIndex {
     const st = statSync(dir);
     if (!st.isDirectory() || (process.getuid && st.uid !== process.getuid()) || (st.mode & 0o077) !== 0) {
       note(`the index directory ${dir} is not a private directory of this user: not used`);
+      return undefined;
+    }
+    const shared = sharedAncestor(dir);
+    if (shared !== undefined) {
+      note(
+        `${shared}, above the index directory, can be changed by other users (who could put their own index in its place): not used`,
+      );
       return undefined;
     }
     let idx = AuditIndex.load(reader, home, dir, note);
@@ -376,7 +426,7 @@ export class AuditIndex {
     const pending = new Map(this.meta.pending);
     const from = this.meta.last ? this.meta.last.seq + 1 : undefined;
     let last: AuditRecord | undefined;
-    // Chunks first, then the meta that counts their records (a crash between leaves the old meta, which reads fewer).
+    // Chunks first, then the meta that counts their records (a crash between leaves the old meta: it reads the first of them, chunkFrom).
     for (const r of reader.records(from !== undefined ? { from } : undefined)) {
       if (this.meta.last && r.seq <= this.meta.last.seq) continue;
       if (!this.tail || this.tail.n >= this.meta.chunkRecords) {
@@ -390,13 +440,35 @@ export class AuditIndex {
       last = r;
       if (pending.size > MAX_PENDING) return false;
     }
-    if (!last || !this.tail) return true;
+    const dropped = this.dropPruned(reader.firstAuditSeq());
+    if (!last || !this.tail) {
+      if (dropped) writeAtomic(join(this.dir, "meta.json"), Buffer.from(JSON.stringify(this.meta)));
+      return true;
+    }
     this.meta.last = { seq: last.seq, hash: hex(last.hash) };
     this.meta.pending = [...pending];
     writeAtomic(join(this.dir, chunkName(this.meta.chunks.length - 1)), chunkBytes(this.tail));
     for (const k of DICTS) this.meta.dicts[k] = this.dicts[k].values;
     writeAtomic(join(this.dir, "meta.json"), Buffer.from(JSON.stringify(this.meta)));
     return true;
+  }
+
+  /**
+   * Removes the files of the chunks whose records were all pruned from the log (retention): no
+   * answer reads them again (eachEntry starts at the log's first record), and kept they grew the
+   * cache without bound under a log that retention keeps bounded. True when one was removed.
+   */
+  private dropPruned(first: number | undefined): boolean {
+    const m = this.meta;
+    const was = m.dropped ?? 0;
+    let at = was;
+    if (first === undefined) return false;
+    while (at + 1 < m.chunks.length && (m.chunks[at + 1] as { firstSeq: number }).firstSeq <= first) {
+      rmSync(join(this.dir, chunkName(at)), { force: true });
+      at++;
+    }
+    m.dropped = at;
+    return at > was;
   }
 
   private add(c: Chunk, r: AuditRecord, pending: Map<string, number>): void {
