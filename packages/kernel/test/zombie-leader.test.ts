@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
-import { processIdentity } from "../src/agents/process-identity.js";
+import { processIdentity, SPAWN_ENV, stillOwnGroup } from "../src/agents/process-identity.js";
 import { removeHome, startKernel, until } from "./harness.js";
 
 /** The state letter of `pid` (field 3 of its stat), or undefined when it is gone. */
@@ -72,6 +72,32 @@ describe("a spawn's group leader found a zombie at the next start", () => {
     } finally {
       z.parent.kill("SIGKILL");
       removeHome(home);
+    }
+  });
+
+  it("a leader whose main thread alone ended (pthread_exit while another thread runs) is alive: its group is still the spawn's", async () => {
+    // A group leader that leaves its main thread with pthread_exit: that thread reads Z and the
+    // process's environ as gone, while the process runs on in another thread. Taken as a zombie,
+    // an agent that outlived its kernel this way was judged another's and left running.
+    const leader = spawn(
+      "python3",
+      [
+        "-c",
+        "import os, threading, time, ctypes\nos.setpgrp()\nthreading.Thread(target=lambda: time.sleep(600)).start()\nprint(os.getpid(), flush=True)\nctypes.CDLL(None).pthread_exit(None)",
+      ],
+      { stdio: ["ignore", "pipe", "ignore"], env: { ...process.env, [SPAWN_ENV]: "spawn-7" } },
+    );
+    try {
+      const pid = await new Promise<number>((resolve) => leader.stdout.once("data", (d) => resolve(Number(String(d).trim()))));
+      const procId = processIdentity(pid);
+      assert.ok(procId);
+      await until(() => state(pid) === "Z" || undefined, 10_000, "the main thread ended");
+      assert.equal(stillOwnGroup(pid, procId, "spawn-7"), true, "a process with a live thread is the spawn's leader still");
+      leader.kill("SIGKILL");
+      await until(() => state(pid) === undefined || undefined, 10_000, "the leader reaped");
+      assert.equal(stillOwnGroup(pid, procId, "spawn-7"), false, "gone, with no member carrying the entry");
+    } finally {
+      leader.kill("SIGKILL");
     }
   });
 });

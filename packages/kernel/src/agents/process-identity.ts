@@ -76,15 +76,28 @@ export function stillOwnGroup(pid: number, procId: string, spawn: string, procRo
   return groupCarries(pid, `${SPAWN_ENV}=${spawn}`, procRoot);
 }
 
-/** Whether process `pid` has ended and not been reaped (state Z, zombie, or X, dead). */
+/**
+ * Whether process `pid` has ended and not been reaped: every thread of it in state Z (zombie) or
+ * X (dead). Its main thread alone says Z once that thread called pthread_exit while others run on
+ * (its `environ` then reads as gone too): such a leader is alive, and still the spawn's.
+ */
 function ended(pid: number, procRoot: string): boolean {
+  let tids: string[];
   try {
-    const stat = readFileSync(`${procRoot}/${pid}/task/${pid}/stat`, "utf8");
-    const state = stat.charAt(stat.lastIndexOf(")") + 2);
-    return state === "Z" || state === "X";
+    tids = readdirSync(`${procRoot}/${pid}/task`);
   } catch {
     return true;
   }
+  for (const tid of tids) {
+    try {
+      const stat = readFileSync(`${procRoot}/${pid}/task/${tid}/stat`, "utf8");
+      const state = stat.charAt(stat.lastIndexOf(")") + 2);
+      if (state !== "Z" && state !== "X") return false;
+    } catch {
+      // that thread is gone
+    }
+  }
+  return true;
 }
 
 /** Whether a process of group `pgid` has `entry` in its environment (as it was exec'd). */
