@@ -18,6 +18,7 @@ import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
+import { registrationsOf, removeTrees } from "../primitives/persona.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, registeredAbove, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
@@ -27,7 +28,7 @@ import { type ProcessSlot, type ProcessTable, reservedFrom } from "../sandbox/pr
 import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
-import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, SPAWN_ENV, stillOwnGroup } from "./process-identity.js";
@@ -92,6 +93,8 @@ interface AgentRevocation {
   own: ReturnType<TokenService["revokeNow"]>;
   rest: ReturnType<TokenService["revokeAllNow"]> | undefined;
   forId: string[];
+  /** The personas the agent registered, removed with it ({@link AgentManager.removeRegistrations}), and their trees' tokens' revocation. */
+  registrations: { removed: string[]; tokens: string[]; revocation: ReturnType<TokenService["revokeAllNow"]> | undefined };
 }
 
 interface Live {
@@ -136,7 +139,8 @@ export class AgentManager {
     private readonly store: AgentStore &
       PersonaStore &
       LedgerStore &
-      Pick<TokenStore, "disownTokens" | "liveTokensFor"> & { transaction<T>(fn: () => T): T },
+      Pick<OpStore, "disownWork"> &
+      TokenStore & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -254,7 +258,11 @@ export class AgentManager {
       );
       // Revoked and recorded at its kill already (agent.kill before its process closed): a record
       // only for what is new; one whose kill record never committed is recorded now (never none).
-      const recorded = !revocation.own.changed && !revocation.rest?.changed && this.tokens.revokeRecorded(a.tokenId);
+      const recorded =
+        !revocation.own.changed &&
+        !revocation.rest?.changed &&
+        revocation.registrations.removed.length === 0 &&
+        this.tokens.revokeRecorded(a.tokenId);
       if (!recorded) this.recordRevocation(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
@@ -274,6 +282,9 @@ export class AgentManager {
    * inherit them.
    */
   private forget(persona: string, why: string, token?: string): void {
+    // The personas it registered, removed with its revocation (at its kill or end): named here too.
+    const also = this.registrationsRemoved.get(persona);
+    this.registrationsRemoved.delete(persona);
     if (!this.store.getPersona(persona)) return;
     this.unforgotten.delete(persona);
     let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
@@ -291,7 +302,13 @@ export class AgentManager {
       persona,
       message: why,
       // The spawn whose key this was (its token): the persona id is reused by later agents of its name.
-      detail: { persona, reason: why, ...(token ? { token } : {}), ...(freed ? { allocationsFreed: freed } : {}) },
+      detail: {
+        persona,
+        reason: why,
+        ...(token ? { token } : {}),
+        ...(freed ? { allocationsFreed: freed } : {}),
+        ...(also?.length ? { alsoRemoved: also } : {}),
+      },
     });
     this.opts.onForgotten?.(persona);
   }
@@ -320,6 +337,16 @@ export class AgentManager {
       (e, id) => this.log.error({ err: e, agent: id }, "cannot record agent exit"),
     );
     if (this.keptRows.size > 0) return;
+    for (const r of this.keptRegistrations) {
+      try {
+        // Their tokens were revoked with the agent's revocation (stored first, above).
+        this.store.transaction(() => removeTrees(this.store, [r], () => {}));
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        this.log.error({ err: e, persona: r }, "cannot remove a persona an ended agent registered");
+      }
+      this.keptRegistrations.delete(r);
+    }
     for (const persona of this.unforgotten) {
       // A later agent of the name runs: its spawn replaced the stale key already.
       if (this.spawnRecord(persona) === undefined && this.store.getPersona(persona)) {
@@ -374,7 +401,7 @@ export class AgentManager {
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
-    return this.keptRows.size + this.unforgotten.size;
+    return this.keptRows.size + this.unforgotten.size + this.keptRegistrations.size;
   }
 
   /**
@@ -406,16 +433,48 @@ export class AgentManager {
    * under it), in force now even when a full disk refuses their rows (stored once there is room).
    */
   private revokeAgent(tokenId: string, persona: string): AgentRevocation {
+    const registered = this.removeRegistrations(persona);
     // Live by the kernel's clock, which the enforcer judges by: not the host's.
     const forId = this.store.liveTokensFor(persona, this.tokens.now()).filter((id) => id !== tokenId);
     const own = this.tokens.revokeNow(tokenId, "kernel");
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
-    return { own, rest, forId };
+    const revocation = registered.tokens.length > 0 ? this.tokens.revokeAllNow(registered.tokens, "kernel") : undefined;
+    return { own, rest, forId, registrations: { ...registered, revocation } };
   }
+
+  /**
+   * Removes what the agent `persona` registered (persona.register: a persona under its spawner's
+   * tree, with a key it generated and may have handed to anyone), with their subtrees and what
+   * they registered in turn, as a removed persona's registrations go (case 701): left, whoever
+   * holds such a key would attest after the agent's end and act under any token of the tree's
+   * top. Their tokens are returned for the agent's revocation. A full disk keeps the removal
+   * back (hidden from attestation and expulsion until stored: storeKept).
+   */
+  private removeRegistrations(persona: string): { removed: string[]; tokens: string[] } {
+    const roots = registrationsOf(this.store, persona);
+    if (roots.length === 0) return { removed: [], tokens: [] };
+    const removed = roots.flatMap((r) => this.store.personasUnder(r).map((p) => p.id));
+    const tokens = [...new Set(roots.flatMap((r) => this.store.unrevokedTokensOfTree(r)))];
+    try {
+      this.store.transaction(() => removeTrees(this.store, roots, () => {}));
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      for (const r of roots) this.keptRegistrations.add(r);
+      this.opts.storageFull?.(e);
+    }
+    this.registrationsRemoved.set(persona, [...(this.registrationsRemoved.get(persona) ?? []), ...removed]);
+    return { removed, tokens };
+  }
+
+  /** Personas agents registered whose removal a full disk kept back: gone all the same ({@link registry}), removed once there is room. */
+  private readonly keptRegistrations = new Set<string>();
+
+  /** The personas removed with each agent's revocation, for its key's persona.removed record ({@link forget}). */
+  private readonly registrationsRemoved = new Map<string, string[]>();
 
   /** A revocation {@link revokeAgent} made: on the record, and its fan-out. */
   private revoked(
-    { own, rest, forId }: AgentRevocation,
+    { own, rest, forId, registrations }: AgentRevocation,
     tokenId: string,
     persona: string,
     reason: string,
@@ -425,8 +484,9 @@ export class AgentManager {
     const noted = (seq: number) => {
       if (own.changed) this.tokens.noteRevokeRecord(tokenId, seq);
       for (const id of rest?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
+      for (const id of registrations.revocation?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
     };
-    const ended = [...new Set([...own.ended, ...(rest?.ended ?? [])])];
+    const ended = [...new Set([...own.ended, ...(rest?.ended ?? []), ...(registrations.revocation?.ended ?? [])])];
     // Noted once committed: a number handed out before may go to another record if the batch fails.
     this.opts.record(
       {
@@ -434,7 +494,16 @@ export class AgentManager {
         target: `token://${tokenId}`,
         persona,
         message: reason,
-        detail: { revoked: tokenId, ended, reason, ...(forId.length > 0 ? { mintedFor: forId } : {}) },
+        detail: {
+          revoked: tokenId,
+          ended,
+          reason,
+          ...(forId.length > 0 ? { mintedFor: forId } : {}),
+          // What the agent registered, removed with it, and their trees' tokens revoked.
+          ...(registrations.removed.length > 0
+            ? { registrationsRemoved: registrations.removed, registrationTokens: registrations.tokens }
+            : {}),
+        },
       },
       noted,
       lost,
@@ -763,7 +832,14 @@ export class AgentManager {
     step("cannot revoke an ended agent's token", () => {
       // Revoked at its kill already, on the record or on its way there: a record only for what
       // was minted for its id since. A kill record dropped (a full disk) leaves it to this one.
-      if (revocation && live.authorityEnded && !live.killRecord?.lost && !revocation.own.changed && !revocation.rest?.changed) {
+      if (
+        revocation &&
+        live.authorityEnded &&
+        !live.killRecord?.lost &&
+        !revocation.own.changed &&
+        !revocation.rest?.changed &&
+        revocation.registrations.removed.length === 0
+      ) {
         if (live.killRecord) live.killRecord.skipped = true;
         return;
       }
@@ -858,8 +934,16 @@ export class AgentManager {
    * stored (storeKept).
    */
   readonly registry: Pick<PersonaStore, "getPersona"> = {
-    getPersona: (id) => (this.unforgotten.has(id) || this.killed.has(id) ? undefined : this.store.getPersona(id)),
+    getPersona: (id) =>
+      this.unforgotten.has(id) || this.killed.has(id) || this.keptRegistration(id) ? undefined : this.store.getPersona(id),
   };
+
+  /** Whether `id` is at or under a registration an agent made whose removal a full disk kept back (none: no look at all). */
+  private keptRegistration(id: string): boolean {
+    if (this.keptRegistrations.size === 0) return false;
+    for (const r of this.keptRegistrations) if (id === r || id.startsWith(`${r}/`)) return true;
+    return false;
+  }
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
   registered(persona: string): boolean {

@@ -52,7 +52,25 @@ export function removePersonaTree(
   /** The persona asking (none: the operator): it and the personas above it are never removed with `id`. */
   actor?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  const roots = registeredTrees(store, id, actor);
+  return removeTrees(store, registeredTrees(store, id, actor), revoke);
+}
+
+/**
+ * The trees an agent registered (persona.register under its spawner's tree, with a key it
+ * generated and may have handed out), and what they registered in turn: removed with the
+ * agent's key (AgentManager), as a removed persona's registrations are. Never the agent's own
+ * subtree (its end removes its key).
+ */
+export function registrationsOf(store: PersonaStore, id: string): string[] {
+  return registeredTrees(store, id, undefined).filter((r) => !personaWithin(r, id));
+}
+
+/** Removes the trees `roots` (every persona under each), their tokens revoked by `revoke`, their work and allocations disowned. */
+export function removeTrees(
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
+  roots: string[],
+  revoke: (tokenIds: string[]) => void,
+): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
   const removed = roots.flatMap((r) => personasUnder(store, r).map((p) => p.id));
   for (const p of removed) store.removePersona(p);
   const tokens = [...new Set(roots.flatMap((r) => store.unrevokedTokensOfTree(r)))];
