@@ -27,6 +27,7 @@ import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import { type ProcessSlot, type ProcessTable, reservedFrom } from "../sandbox/processes.js";
 import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
+import { sameRegistration } from "../session/persona-keys.js";
 import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
 import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
@@ -97,6 +98,12 @@ interface AgentRevocation {
   registrations: { removed: string[]; tokens: string[]; revocation: ReturnType<TokenService["revokeAllNow"]> | undefined };
 }
 
+/** A registration of a persona id: its time and key. */
+interface Registration {
+  createdAt: number;
+  publicKey: Uint8Array;
+}
+
 interface Live {
   child: ChildProcess;
   launch: Launch;
@@ -104,6 +111,11 @@ interface Live {
   slot: ProcessSlot;
   /** The persona the agent acts as. */
   persona: string;
+  /**
+   * Its key's registration (its time and key): what its end removes only while the id is still
+   * registered so — registered again since (beside the kernel), the id is another holder's.
+   */
+  registration: Registration;
   out: { stdout: OutputCapture; stderr: OutputCapture };
   timer: NodeJS.Timeout;
   /** The agent's own token (its id, chain and key): a revocation covering it, or its key's retirement, kills the agent. */
@@ -281,11 +293,13 @@ export class AgentManager {
    * hold the spawner's tree at its limits for good, and the next agent of that name would
    * inherit them.
    */
-  private forget(persona: string, why: string, token?: string): void {
+  private forget(persona: string, why: string, token?: string, own?: Registration): void {
     // The personas it registered, removed with its revocation (at its kill or end): named here too.
     const also = this.registrationsRemoved.get(persona);
     this.registrationsRemoved.delete(persona);
     if (!this.store.getPersona(persona)) return;
+    // Registered again since the agent's key (beside the kernel): another holder's key, left.
+    if (own !== undefined && this.registeredAgainSince(persona, own) !== undefined) return;
     this.unforgotten.delete(persona);
     let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
     try {
@@ -311,6 +325,19 @@ export class AgentManager {
       },
     });
     this.opts.onForgotten?.(persona);
+  }
+
+  /**
+   * When `persona` is registered, but not with the agent's registration `own` (its id registered
+   * again since, beside the kernel): the time of that other registration; otherwise undefined.
+   */
+  private registeredAgainSince(persona: string, own: Registration | undefined): number | undefined {
+    if (own === undefined) return undefined;
+    const rec = this.store.getPersona(persona);
+    if (rec === undefined) return undefined;
+    return sameRegistration({ registeredAt: own.createdAt, attestedKey: Buffer.from(own.publicKey) }, rec)
+      ? undefined
+      : rec.createdAt;
   }
 
   private removeKey(persona: string): ReturnType<typeof releaseAllocationsWithin> {
@@ -410,8 +437,8 @@ export class AgentManager {
    * record with every token the revocation ended: the id is its name's, which a later agent of
    * the name acts as, and what was minted for this one is not that one's.
    */
-  private revokeFor(tokenId: string, persona: string, reason: string): void {
-    this.recordRevocation(this.revokeAgent(tokenId, persona), tokenId, persona, reason);
+  private revokeFor(tokenId: string, persona: string, reason: string, own?: Registration): void {
+    this.recordRevocation(this.revokeAgent(tokenId, persona, own), tokenId, persona, reason);
   }
 
   /**
@@ -432,10 +459,16 @@ export class AgentManager {
    * Revokes an agent's token and every token minted or refreshed for its persona id (or an id
    * under it), in force now even when a full disk refuses their rows (stored once there is room).
    */
-  private revokeAgent(tokenId: string, persona: string): AgentRevocation {
-    const registered = this.removeRegistrations(persona);
+  private revokeAgent(tokenId: string, persona: string, registration?: Registration): AgentRevocation {
+    // Its id registered again since by another holder (beside the kernel): what was minted for
+    // the id, or registered by it, since then is that holder's, never the agent's to end.
+    const since = this.registeredAgainSince(persona, registration);
+    const before = (created: number | undefined) => since === undefined || (created ?? since) < since;
+    const registered = this.removeRegistrations(persona, since);
     // Live by the kernel's clock, which the enforcer judges by: not the host's.
-    const forId = this.store.liveTokensFor(persona, this.tokens.now()).filter((id) => id !== tokenId);
+    const forId = this.store
+      .liveTokensFor(persona, this.tokens.now())
+      .filter((id) => id !== tokenId && before(since === undefined ? undefined : this.store.getToken(id)?.createdAt));
     const own = this.tokens.revokeNow(tokenId, "kernel");
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
     const revocation = registered.tokens.length > 0 ? this.tokens.revokeAllNow(registered.tokens, "kernel") : undefined;
@@ -450,8 +483,11 @@ export class AgentManager {
    * top. Their tokens are returned for the agent's revocation. A full disk keeps the removal
    * back (hidden from attestation and expulsion until stored: storeKept).
    */
-  private removeRegistrations(persona: string): { removed: string[]; tokens: string[] } {
-    const roots = registrationsOf(this.store, persona);
+  private removeRegistrations(persona: string, since?: number): { removed: string[]; tokens: string[] } {
+    const roots = registrationsOf(this.store, persona).filter(
+      (r) =>
+        since === undefined || this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
+    );
     if (roots.length === 0) return { removed: [], tokens: [] };
     const removed = roots.flatMap((r) => this.store.personasUnder(r).map((p) => p.id));
     const tokens = [...new Set(roots.flatMap((r) => this.store.unrevokedTokensOfTree(r)))];
@@ -620,6 +656,7 @@ export class AgentManager {
       ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
     });
     this.store.addPersona(persona, identity.publicKey);
+    const registration = this.store.getPersona(persona) ?? { createdAt: Date.now(), publicKey: identity.publicKey };
     this.opts.record({
       op: "persona.added",
       target: `persona://${persona}`,
@@ -726,6 +763,7 @@ export class AgentManager {
         },
       }),
       persona,
+      registration,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
       token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
@@ -802,7 +840,7 @@ export class AgentManager {
     // The agent's authority ends with it: its token is revoked first, in force at once.
     let revocation: AgentRevocation | undefined;
     step("cannot revoke an ended agent's token", () => {
-      revocation = this.revokeAgent(rec.tokenId, rec.persona);
+      revocation = this.revokeAgent(rec.tokenId, rec.persona, live.registration);
     });
     // Stored only once its revocation is ({@link saveEnd}).
     step("cannot record agent exit", () => this.saveEnd(id, f, rec.tokenId, rec.spawner));
@@ -844,9 +882,11 @@ export class AgentManager {
         return;
       }
       if (revocation) this.recordRevocation(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
-      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`, live.registration);
     });
-    step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
+    step("cannot remove an ended agent's key", () =>
+      this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId, live.registration),
+    );
     this.killed.delete(rec.persona);
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
@@ -975,12 +1015,13 @@ export class AgentManager {
     const live = this.live.get(id);
     if (live === undefined || live.authorityEnded) return;
     live.authorityEnded = true;
-    this.killed.add(live.persona);
+    // Its id registered again by another holder: that holder's key counts as registered still.
+    if (this.registeredAgainSince(live.persona, live.registration) === undefined) this.killed.add(live.persona);
     const by = live.killedBy === "kill" || live.killedBy === undefined ? "agent.kill" : live.killedBy;
     // Each step on its own, as at its end: this runs from the lifetime's timer too, where a throw
     // (a store refusing the revocation's row) would end the kernel; one its end revokes again.
     try {
-      const revocation = this.revokeAgent(live.token.id, live.persona);
+      const revocation = this.revokeAgent(live.token.id, live.persona, live.registration);
       const reason = `${agentUri(id)} killed (${by})`;
       const note = { lost: false, skipped: false };
       live.killRecord = note;
