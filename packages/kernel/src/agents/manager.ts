@@ -18,7 +18,7 @@ import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
-import { registrationsOf, removeTrees } from "../primitives/persona.js";
+import { registrationsOf, removeTrees, tokensOfRemoved } from "../primitives/persona.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, registeredAbove, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
@@ -367,7 +367,7 @@ export class AgentManager {
     for (const r of this.keptRegistrations) {
       try {
         // Their tokens were revoked with the agent's revocation (stored first, above).
-        this.store.transaction(() => removeTrees(this.store, [r], () => {}));
+        this.store.transaction(() => removeTrees(this.store, [], [r], () => {}));
       } catch (e) {
         if (isStorageFull(e)) return;
         this.log.error({ err: e, persona: r }, "cannot remove a persona an ended agent registered");
@@ -477,8 +477,8 @@ export class AgentManager {
 
   /**
    * Removes what the agent `persona` registered (persona.register: a persona under its spawner's
-   * tree, with a key it generated and may have handed to anyone), with their subtrees and what
-   * they registered in turn, as a removed persona's registrations go (case 701): left, whoever
+   * tree, with a key it generated and may have handed to anyone), and what those registered in
+   * turn (each id alone, never personas others registered under it), as a removed persona's registrations go (case 701): left, whoever
    * holds such a key would attest after the agent's end and act under any token of the tree's
    * top. Their tokens are returned for the agent's revocation. A full disk keeps the removal
    * back (hidden from attestation and expulsion until stored: storeKept).
@@ -489,17 +489,16 @@ export class AgentManager {
         since === undefined || this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
     );
     if (roots.length === 0) return { removed: [], tokens: [] };
-    const removed = roots.flatMap((r) => this.store.personasUnder(r).map((p) => p.id));
-    const tokens = [...new Set(roots.flatMap((r) => this.store.unrevokedTokensOfTree(r)))];
+    const tokens = tokensOfRemoved(this.store, [], roots);
     try {
-      this.store.transaction(() => removeTrees(this.store, roots, () => {}));
+      this.store.transaction(() => removeTrees(this.store, [], roots, () => {}));
     } catch (e) {
       if (!isStorageFull(e)) throw e;
       for (const r of roots) this.keptRegistrations.add(r);
       this.opts.storageFull?.(e);
     }
-    this.registrationsRemoved.set(persona, [...(this.registrationsRemoved.get(persona) ?? []), ...removed]);
-    return { removed, tokens };
+    this.registrationsRemoved.set(persona, [...(this.registrationsRemoved.get(persona) ?? []), ...roots]);
+    return { removed: roots, tokens };
   }
 
   /** Personas agents registered whose removal a full disk kept back: gone all the same ({@link registry}), removed once there is room. */
@@ -975,15 +974,8 @@ export class AgentManager {
    */
   readonly registry: Pick<PersonaStore, "getPersona"> = {
     getPersona: (id) =>
-      this.unforgotten.has(id) || this.killed.has(id) || this.keptRegistration(id) ? undefined : this.store.getPersona(id),
+      this.unforgotten.has(id) || this.killed.has(id) || this.keptRegistrations.has(id) ? undefined : this.store.getPersona(id),
   };
-
-  /** Whether `id` is at or under a registration an agent made whose removal a full disk kept back (none: no look at all). */
-  private keptRegistration(id: string): boolean {
-    if (this.keptRegistrations.size === 0) return false;
-    for (const r of this.keptRegistrations) if (id === r || id.startsWith(`${r}/`)) return true;
-    return false;
-  }
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
   registered(persona: string): boolean {

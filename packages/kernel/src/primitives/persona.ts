@@ -52,60 +52,103 @@ export function removePersonaTree(
   /** The persona asking (none: the operator): it and the personas above it are never removed with `id`. */
   actor?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  return removeTrees(store, registeredTrees(store, id, actor), revoke);
+  return removeTrees(
+    store,
+    [id],
+    registrations(
+      store,
+      personasUnder(store, id).map((p) => p.id),
+      actor,
+    ),
+    revoke,
+  );
 }
 
 /**
- * The trees an agent registered (persona.register under its spawner's tree, with a key it
- * generated and may have handed out), and what they registered in turn: removed with the
+ * The personas an agent registered (persona.register under its spawner's tree, with a key it
+ * generated and may have handed out), and what those registered in turn: removed with the
  * agent's key (AgentManager), as a removed persona's registrations are. Never the agent's own
- * subtree (its end removes its key).
+ * id (its end removes its key), nor the ids under it.
  */
 export function registrationsOf(store: PersonaStore, id: string): string[] {
-  return registeredTrees(store, id, undefined).filter((r) => !personaWithin(r, id));
+  return registrations(
+    store,
+    personasUnder(store, id).map((p) => p.id),
+    undefined,
+  );
 }
 
-/** Removes the trees `roots` (every persona under each), their tokens revoked by `revoke`, their work and allocations disowned. */
+/**
+ * Removes the trees `whole` (every persona under each) and the personas `alone` (each id alone:
+ * a persona another registered under it stays, with its tokens, work and allocations), their
+ * tokens revoked by `revoke` (minted for or by them), their work and allocations disowned.
+ */
 export function removeTrees(
   store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
-  roots: string[],
+  whole: string[],
+  alone: string[],
   revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  const removed = roots.flatMap((r) => personasUnder(store, r).map((p) => p.id));
+  const removed = [...whole.flatMap((r) => personasUnder(store, r).map((p) => p.id)), ...alone];
+  const tokens = tokensOfRemoved(store, whole, alone);
   for (const p of removed) store.removePersona(p);
-  const tokens = [...new Set(roots.flatMap((r) => store.unrevokedTokensOfTree(r)))];
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
   let allocationsFreed = 0;
-  for (const r of roots) {
+  for (const r of whole) {
     // Its ops' results, its agents' output and its token list are not a later registration's: the
     // tokens pass to the nearest persona above it still registered (one registered later sees none).
     store.disownWork(r);
     store.disownTokens(r, registeredAbove(store, r));
     allocationsFreed += releaseAllocationsWithin(store, r);
   }
+  for (const r of alone) {
+    store.disownWork(r, true);
+    store.disownTokens(r, registeredAbove(store, r), true);
+    allocationsFreed += releaseAllocationsWithin(store, r, true);
+  }
   return { removed, tokensRevoked: tokens.length, allocationsFreed };
 }
 
+/** The unrevoked tokens minted for or by a persona of the trees `whole`, or for or by one of `alone` itself. */
+export function tokensOfRemoved(store: TokenStore, whole: string[], alone: string[]): string[] {
+  return [
+    ...new Set([
+      ...whole.flatMap((r) => store.unrevokedTokensOfTree(r)),
+      // Minted for or by that id itself: one for a persona under it is that persona's.
+      ...alone.flatMap((r) =>
+        store.unrevokedTokensOfTree(r).filter((t) => {
+          const rec = store.getToken(t);
+          return rec === undefined || rec.sub === r || rec.mintedBy === r;
+        }),
+      ),
+    ]),
+  ];
+}
+
 /**
- * `id`, then every persona a persona of the trees found so far registered outside them — a
- * persona registers anywhere under the top of its tree, beside itself too, with a key its holder
- * keeps: left registered, that holder would attest as it after the removal and act on under any
- * token its tree's top holds (usable by the personas under it). Never `actor` or a persona above
- * it. Bounded: a tree registers at most maxRegisteredPersonas.
+ * Every persona one of `removed` registered, then every persona one of those registered, and so
+ * on — a persona registers anywhere under the top of its tree, beside itself too, with a key its
+ * holder keeps: left registered, that holder would attest as it after the removal and act on
+ * under any token its tree's top holds (usable by the personas under it). Each alone, never the
+ * ids under it: where no persona holds an id above the registrar (case 259's `team/alice`
+ * without `team`), it may register an id above itself, whose subtree holds personas others
+ * registered (docs/architecture.md). Never `actor` or a persona above it. Bounded: a tree
+ * registers at most maxRegisteredPersonas.
  */
-function registeredTrees(store: PersonaStore, id: string, actor: string | undefined): string[] {
-  const roots = [id];
-  const covered = (p: string) => roots.some((r) => personaWithin(p, r));
-  const visit = personasUnder(store, id).map((p) => p.id);
+function registrations(store: PersonaStore, removed: string[], actor: string | undefined): string[] {
+  const taken = new Set(removed);
+  const found: string[] = [];
+  const visit = [...removed];
   for (let p = visit.pop(); p !== undefined; p = visit.pop()) {
     for (const r of store.registeredBy(p)) {
-      if (covered(r) || (actor !== undefined && personaWithin(actor, r))) continue;
-      roots.push(r);
-      visit.push(...personasUnder(store, r).map((q) => q.id));
+      if (taken.has(r) || (actor !== undefined && personaWithin(actor, r))) continue;
+      taken.add(r);
+      found.push(r);
+      visit.push(r);
     }
   }
-  return roots;
+  return found;
 }
 
 function personaTarget(ctx: OpContext): string {
