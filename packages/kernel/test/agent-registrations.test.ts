@@ -1,10 +1,35 @@
 // An agent's registrations end with it, as a removed persona's do (case 701): the keys it
 // generated for them are in whoever's hands it gave them to.
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type Identity, parseIdentity } from "@kpip/protocol";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import Database from "better-sqlite3";
+import {
+  connectAdminOf,
+  removeHome,
+  SANDBOX_READ_PATHS,
+  sandboxSkip,
+  spawnReady,
+  startKernel,
+  type TestKernel,
+  until,
+} from "./harness.js";
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/** The registered persona ids of a home, read without a kernel. */
+function personas(home: string): string[] {
+  const db = new Database(join(home, "kernel.db"), { readonly: true });
+  try {
+    return db.prepare("SELECT id FROM personas ORDER BY id").pluck(true).all() as string[];
+  } finally {
+    db.close();
+  }
+}
 
 const REGISTERING_AGENT = fileURLToPath(new URL("../../test/fixtures/registering-agent.mjs", import.meta.url));
 
@@ -104,6 +129,52 @@ describe("an agent's registrations end with it", () => {
     } finally {
       await t.stop();
       removeHome(t.home);
+    }
+  });
+
+  it("an agent lost with its kernel (killed before the agent ended): the next start removes what it registered with its key", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const code = `const { Kernel } = await import(process.argv[1]);
+await new Kernel({ home: process.argv[2], logLevel: "silent", sandboxReadPaths: process.argv[3] }).start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+    try {
+      await (await startKernel({}, home)).stop();
+      const [admin] = personas(home);
+      assert.ok(admin);
+      const kept = `${admin}/kept`;
+      const child = await spawnReady(["--input-type=module", "-e", code, kernelModule, home, SANDBOX_READ_PATHS], "ready");
+      const exited = new Promise((r) => child.once("exit", r));
+      try {
+        const c = await connectAdminOf(home);
+        try {
+          const a = await c.agents.spawn("node", "r3", {
+            args: [REGISTERING_AGENT, kept],
+            rights: [{ ops: ["persona.register"], targets: [`persona://${admin}/**`] }],
+            lifetimeMs: 120_000,
+          });
+          const out = await until(
+            async () => {
+              const o = Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString();
+              return o.includes("\n") ? o : undefined;
+            },
+            60_000,
+            "the agent's report",
+          );
+          assert.ok(out.includes("identity"), out);
+        } finally {
+          await c.close().catch(() => {});
+        }
+        assert.ok(personas(home).includes(kept));
+        child.kill("SIGKILL");
+        await exited;
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      }
+      await (await startKernel({}, home)).stop();
+      assert.deepEqual(personas(home), [admin], "the lost agent's registration went with its key");
+    } finally {
+      removeHome(home);
     }
   });
 });
