@@ -464,13 +464,20 @@ export class AgentManager {
     // the id, or registered by it, since then is that holder's, never the agent's to end.
     const since = this.registeredAgainSince(persona, registration);
     const before = (created: number | undefined) => since === undefined || (created ?? since) < since;
-    const registered = this.removeRegistrations(persona, since);
+    // Its own token first: nothing below (a store refusing the registrations' removal) may leave it in force.
+    const own = this.tokens.revokeNow(tokenId, "kernel");
     // Live by the kernel's clock, which the enforcer judges by: not the host's.
     const forId = this.store
       .liveTokensFor(persona, this.tokens.now())
       .filter((id) => id !== tokenId && before(since === undefined ? undefined : this.store.getToken(id)?.createdAt));
-    const own = this.tokens.revokeNow(tokenId, "kernel");
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
+    let registered: { removed: string[]; tokens: string[] } = { removed: [], tokens: [] };
+    try {
+      registered = this.removeRegistrations(persona, since);
+    } catch (e) {
+      // Logged: the agent's own revocation stands; its end (or the next start) tries again.
+      this.log.error({ err: e, persona }, "cannot remove the personas an agent registered");
+    }
     const revocation = registered.tokens.length > 0 ? this.tokens.revokeAllNow(registered.tokens, "kernel") : undefined;
     return { own, rest, forId, registrations: { ...registered, revocation } };
   }
