@@ -67,4 +67,67 @@ describe("an agent killed through the process table", () => {
       removeHome(t.home);
     }
   });
+
+  it("its id registered again by another holder: the agent's end leaves that holder's key, its session and the token minted for it", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const { held, hold, release } = sigkillHolder();
+    try {
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+        { ops: ["system.health"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("sh", "k2", {
+        args: ["-c", "sleep 600"],
+        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+        lifetimeMs: 600_000,
+      });
+      const agentPersona = a.persona as string;
+      const spawnedAt = Date.now();
+      await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      // As case 687's: gil removed beside the kernel, then gil and the agent's id registered again by other holders.
+      const other = generateIdentity(agentPersona);
+      const db = new SqliteStore(join(t.home, HOME_FILES.database));
+      try {
+        db.withJournal({ actor: "test", op: "persona.remove", target: "persona://gil", message: "removed" }, () =>
+          removePersonaTree(db, "gil", () => {}),
+        );
+        db.withJournal({ actor: "test", op: "persona.register", target: "persona://gil", message: "again" }, () => {
+          db.addPersona("gil", generateIdentity("gil").publicKey);
+          db.addPersona(agentPersona, other.publicKey);
+        });
+      } finally {
+        db.close();
+      }
+      // The new holder's token, minted for the id it holds now, and its session.
+      const admin = await t.admin();
+      const m = await admin.tokens.mint(agentPersona, {
+        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+        ttlMs: 600_000,
+      });
+      hold();
+      (t.k as unknown as { services: { applyOfflineChanges(): void } }).services.applyOfflineChanges();
+      assert.ok(held.length > 0, "the agent was killed");
+      const s = await t.connect(other, [m.token], { reconnect: false });
+      await s.call("system.health", "kernel://");
+      release();
+      await until(
+        () => t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).some((r) => r.target === a.agent),
+        30_000,
+        "agent.exited",
+      );
+      // The agent's end took nothing of the new holder's: its session, its token, its key.
+      await s.call("system.health", "kernel://");
+      const again = await t.connect(other, [m.token], { reconnect: false });
+      await again.call("system.health", "kernel://");
+      await again.close();
+    } finally {
+      release();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

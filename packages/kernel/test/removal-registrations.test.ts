@@ -122,12 +122,47 @@ describe("a persona's removal reaches the personas it registered", () => {
         "the agent's report",
       );
       assert.deepEqual(report.results, ["ok"], JSON.stringify(report));
-      // The agent ends (its key leaves the registry); what it registered stays, for now.
+      // The agent ends (its key leaves the registry): what it registered goes with its key
+      // (agent-registrations.test.ts); whatever of it a store kept, alice's removal follows the
+      // registrar's id, not the registered personas.
       assert.equal(await a.agents.kill(agent), true);
       await until(() => t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).length > 0, 30_000, "the agent's end");
       const removed = await owner.personas.remove("team/alice");
-      assert.deepEqual([...removed.alsoRemoved], ["team/spare"], "what alice's agent registered goes with her");
+      assert.deepEqual([...removed.alsoRemoved], [], "gone already, with the agent's key");
       assert.notEqual(await outcome(t.connect(spare, [team.token], { reconnect: false })), "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a persona that registered an id above itself (no persona held it): its removal takes that id alone, never the personas others registered under it", async () => {
+    const t = await startKernel();
+    try {
+      // As case 259: team/alice registered with no team; y under her with no team/alice/x between.
+      const alice = await t.persona("team/alice", [
+        { ops: ["persona.register", "persona.remove"], targets: ["persona://team/alice/**"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+      ]);
+      const owner = await t.connect(alice.identity, [alice.token]);
+      const y = generateIdentity("team/alice/x/y");
+      await owner.personas.register("team/alice/x/y", y.publicKey);
+      const z = generateIdentity("team/alice/x/z");
+      await owner.personas.register("team/alice/x/z", z.publicKey);
+      // y, under alice's token, registers the id above itself.
+      const cy = await t.connect(y, [alice.token]);
+      const x = generateIdentity("team/alice/x");
+      await cy.personas.register("team/alice/x", x.publicKey);
+      const cz = await t.connect(z, [alice.token], { reconnect: false });
+      await cz.storage.write("obj://ws/z", "1");
+
+      const removed = await owner.personas.remove("team/alice/x/y");
+      assert.deepEqual(removed.alsoRemoved, ["team/alice/x"], "what y registered goes, alone");
+      assert.notEqual(await outcome(t.connect(x, [alice.token], { reconnect: false })), "ok");
+      // z, registered by alice under that id, stays: its session, its key.
+      await cz.storage.write("obj://ws/z", "2");
+      const again = await t.connect(z, [alice.token], { reconnect: false });
+      await again.close();
     } finally {
       await t.stop();
       removeHome(t.home);

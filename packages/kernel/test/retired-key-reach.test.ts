@@ -66,4 +66,36 @@ describe("a retired key reaches the uploads begun under its tokens", () => {
       removeHome(t.home);
     }
   });
+
+  it("a session holding a token whose key is retired is told on the token's notice channel, as at a revocation, without using it", async () => {
+    const t = await startKernel();
+    try {
+      const rights = [{ ops: ["system.health"], targets: ["kernel://"] }];
+      const held = await t.persona("held", rights);
+      const oldKid = decodeToken(held.token).claims.kid;
+      const s = await t.connect(held.identity, [held.token]);
+      const notices: { topic: string; data: unknown }[] = [];
+      s.on("event", (e: { topic: string; data: unknown }) => notices.push(e));
+      // Another persona's session, under the same key, meets the change (the kernel reads the key
+      // file at most once a second); the first does nothing.
+      const other = await t.persona("other", rights);
+      const o = await t.connect(other.identity, [other.token]);
+      RootKeys.rotate(t.home);
+      RootKeys.retire(t.home, oldKid);
+      await until(
+        async () => (await outcome(o.call("system.health", "kernel://"))) === "CAPABILITY",
+        10_000,
+        "the old key retired",
+      );
+      const notice = await until(
+        () => notices.find((n) => n.topic === `topic://kernel/tokens/${held.id}/revoked`),
+        30_000,
+        "the retirement's notice",
+      );
+      assert.equal((notice.data as { reason?: string }).reason, "key retired");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

@@ -18,6 +18,7 @@ import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
+import { registrationsOf, removeTrees, tokensOfRemoved } from "../primitives/persona.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, registeredAbove, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
@@ -26,8 +27,9 @@ import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import { type ProcessSlot, type ProcessTable, reservedFrom } from "../sandbox/processes.js";
 import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
+import { sameRegistration } from "../session/persona-keys.js";
 import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
-import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, SPAWN_ENV, stillOwnGroup } from "./process-identity.js";
@@ -92,6 +94,14 @@ interface AgentRevocation {
   own: ReturnType<TokenService["revokeNow"]>;
   rest: ReturnType<TokenService["revokeAllNow"]> | undefined;
   forId: string[];
+  /** The personas the agent registered, removed with it ({@link AgentManager.removeRegistrations}), and their trees' tokens' revocation. */
+  registrations: { removed: string[]; tokens: string[]; revocation: ReturnType<TokenService["revokeAllNow"]> | undefined };
+}
+
+/** A registration of a persona id: its time and key. */
+interface Registration {
+  createdAt: number;
+  publicKey: Uint8Array;
 }
 
 interface Live {
@@ -101,6 +111,11 @@ interface Live {
   slot: ProcessSlot;
   /** The persona the agent acts as. */
   persona: string;
+  /**
+   * Its key's registration (its time and key): what its end removes only while the id is still
+   * registered so — registered again since (beside the kernel), the id is another holder's.
+   */
+  registration: Registration;
   out: { stdout: OutputCapture; stderr: OutputCapture };
   timer: NodeJS.Timeout;
   /** The agent's own token (its id, chain and key): a revocation covering it, or its key's retirement, kills the agent. */
@@ -136,7 +151,8 @@ export class AgentManager {
     private readonly store: AgentStore &
       PersonaStore &
       LedgerStore &
-      Pick<TokenStore, "disownTokens" | "liveTokensFor"> & { transaction<T>(fn: () => T): T },
+      Pick<OpStore, "disownWork"> &
+      TokenStore & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -254,7 +270,11 @@ export class AgentManager {
       );
       // Revoked and recorded at its kill already (agent.kill before its process closed): a record
       // only for what is new; one whose kill record never committed is recorded now (never none).
-      const recorded = !revocation.own.changed && !revocation.rest?.changed && this.tokens.revokeRecorded(a.tokenId);
+      const recorded =
+        !revocation.own.changed &&
+        !revocation.rest?.changed &&
+        revocation.registrations.removed.length === 0 &&
+        this.tokens.revokeRecorded(a.tokenId);
       if (!recorded) this.recordRevocation(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
@@ -273,8 +293,13 @@ export class AgentManager {
    * hold the spawner's tree at its limits for good, and the next agent of that name would
    * inherit them.
    */
-  private forget(persona: string, why: string, token?: string): void {
+  private forget(persona: string, why: string, token?: string, own?: Registration): void {
+    // The personas it registered, removed with its revocation (at its kill or end): named here too.
+    const also = this.registrationsRemoved.get(persona);
+    this.registrationsRemoved.delete(persona);
     if (!this.store.getPersona(persona)) return;
+    // Registered again since the agent's key (beside the kernel): another holder's key, left.
+    if (own !== undefined && this.registeredAgainSince(persona, own) !== undefined) return;
     this.unforgotten.delete(persona);
     let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
     try {
@@ -291,9 +316,28 @@ export class AgentManager {
       persona,
       message: why,
       // The spawn whose key this was (its token): the persona id is reused by later agents of its name.
-      detail: { persona, reason: why, ...(token ? { token } : {}), ...(freed ? { allocationsFreed: freed } : {}) },
+      detail: {
+        persona,
+        reason: why,
+        ...(token ? { token } : {}),
+        ...(freed ? { allocationsFreed: freed } : {}),
+        ...(also?.length ? { alsoRemoved: also } : {}),
+      },
     });
     this.opts.onForgotten?.(persona);
+  }
+
+  /**
+   * When `persona` is registered, but not with the agent's registration `own` (its id registered
+   * again since, beside the kernel): the time of that other registration; otherwise undefined.
+   */
+  private registeredAgainSince(persona: string, own: Registration | undefined): number | undefined {
+    if (own === undefined) return undefined;
+    const rec = this.store.getPersona(persona);
+    if (rec === undefined) return undefined;
+    return sameRegistration({ registeredAt: own.createdAt, attestedKey: Buffer.from(own.publicKey) }, rec)
+      ? undefined
+      : rec.createdAt;
   }
 
   private removeKey(persona: string): ReturnType<typeof releaseAllocationsWithin> {
@@ -320,6 +364,16 @@ export class AgentManager {
       (e, id) => this.log.error({ err: e, agent: id }, "cannot record agent exit"),
     );
     if (this.keptRows.size > 0) return;
+    for (const r of this.keptRegistrations) {
+      try {
+        // Their tokens were revoked with the agent's revocation (stored first, above).
+        this.store.transaction(() => removeTrees(this.store, [], [r], () => {}));
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        this.log.error({ err: e, persona: r }, "cannot remove a persona an ended agent registered");
+      }
+      this.keptRegistrations.delete(r);
+    }
     for (const persona of this.unforgotten) {
       // A later agent of the name runs: its spawn replaced the stale key already.
       if (this.spawnRecord(persona) === undefined && this.store.getPersona(persona)) {
@@ -374,7 +428,7 @@ export class AgentManager {
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
-    return this.keptRows.size + this.unforgotten.size;
+    return this.keptRows.size + this.unforgotten.size + this.keptRegistrations.size;
   }
 
   /**
@@ -383,8 +437,8 @@ export class AgentManager {
    * record with every token the revocation ended: the id is its name's, which a later agent of
    * the name acts as, and what was minted for this one is not that one's.
    */
-  private revokeFor(tokenId: string, persona: string, reason: string): void {
-    this.recordRevocation(this.revokeAgent(tokenId, persona), tokenId, persona, reason);
+  private revokeFor(tokenId: string, persona: string, reason: string, own?: Registration): void {
+    this.recordRevocation(this.revokeAgent(tokenId, persona, own), tokenId, persona, reason);
   }
 
   /**
@@ -405,17 +459,64 @@ export class AgentManager {
    * Revokes an agent's token and every token minted or refreshed for its persona id (or an id
    * under it), in force now even when a full disk refuses their rows (stored once there is room).
    */
-  private revokeAgent(tokenId: string, persona: string): AgentRevocation {
-    // Live by the kernel's clock, which the enforcer judges by: not the host's.
-    const forId = this.store.liveTokensFor(persona, this.tokens.now()).filter((id) => id !== tokenId);
+  private revokeAgent(tokenId: string, persona: string, registration?: Registration): AgentRevocation {
+    // Its id registered again since by another holder (beside the kernel): what was minted for
+    // the id, or registered by it, since then is that holder's, never the agent's to end.
+    const since = this.registeredAgainSince(persona, registration);
+    const before = (created: number | undefined) => since === undefined || (created ?? since) < since;
+    // Its own token first: nothing below (a store refusing the registrations' removal) may leave it in force.
     const own = this.tokens.revokeNow(tokenId, "kernel");
+    // Live by the kernel's clock, which the enforcer judges by: not the host's.
+    const forId = this.store
+      .liveTokensFor(persona, this.tokens.now())
+      .filter((id) => id !== tokenId && before(since === undefined ? undefined : this.store.getToken(id)?.createdAt));
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
-    return { own, rest, forId };
+    let registered: { removed: string[]; tokens: string[] } = { removed: [], tokens: [] };
+    try {
+      registered = this.removeRegistrations(persona, since);
+    } catch (e) {
+      // Logged: the agent's own revocation stands; its end (or the next start) tries again.
+      this.log.error({ err: e, persona }, "cannot remove the personas an agent registered");
+    }
+    const revocation = registered.tokens.length > 0 ? this.tokens.revokeAllNow(registered.tokens, "kernel") : undefined;
+    return { own, rest, forId, registrations: { ...registered, revocation } };
   }
+
+  /**
+   * Removes what the agent `persona` registered (persona.register: a persona under its spawner's
+   * tree, with a key it generated and may have handed to anyone), and what those registered in
+   * turn (each id alone, never personas others registered under it), as a removed persona's registrations go (case 701): left, whoever
+   * holds such a key would attest after the agent's end and act under any token of the tree's
+   * top. Their tokens are returned for the agent's revocation. A full disk keeps the removal
+   * back (hidden from attestation and expulsion until stored: storeKept).
+   */
+  private removeRegistrations(persona: string, since?: number): { removed: string[]; tokens: string[] } {
+    const roots = registrationsOf(this.store, persona).filter(
+      (r) =>
+        since === undefined || this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
+    );
+    if (roots.length === 0) return { removed: [], tokens: [] };
+    const tokens = tokensOfRemoved(this.store, [], roots);
+    try {
+      this.store.transaction(() => removeTrees(this.store, [], roots, () => {}));
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      for (const r of roots) this.keptRegistrations.add(r);
+      this.opts.storageFull?.(e);
+    }
+    this.registrationsRemoved.set(persona, [...(this.registrationsRemoved.get(persona) ?? []), ...roots]);
+    return { removed: roots, tokens };
+  }
+
+  /** Personas agents registered whose removal a full disk kept back: gone all the same ({@link registry}), removed once there is room. */
+  private readonly keptRegistrations = new Set<string>();
+
+  /** The personas removed with each agent's revocation, for its key's persona.removed record ({@link forget}). */
+  private readonly registrationsRemoved = new Map<string, string[]>();
 
   /** A revocation {@link revokeAgent} made: on the record, and its fan-out. */
   private revoked(
-    { own, rest, forId }: AgentRevocation,
+    { own, rest, forId, registrations }: AgentRevocation,
     tokenId: string,
     persona: string,
     reason: string,
@@ -425,8 +526,9 @@ export class AgentManager {
     const noted = (seq: number) => {
       if (own.changed) this.tokens.noteRevokeRecord(tokenId, seq);
       for (const id of rest?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
+      for (const id of registrations.revocation?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
     };
-    const ended = [...new Set([...own.ended, ...(rest?.ended ?? [])])];
+    const ended = [...new Set([...own.ended, ...(rest?.ended ?? []), ...(registrations.revocation?.ended ?? [])])];
     // Noted once committed: a number handed out before may go to another record if the batch fails.
     this.opts.record(
       {
@@ -434,7 +536,16 @@ export class AgentManager {
         target: `token://${tokenId}`,
         persona,
         message: reason,
-        detail: { revoked: tokenId, ended, reason, ...(forId.length > 0 ? { mintedFor: forId } : {}) },
+        detail: {
+          revoked: tokenId,
+          ended,
+          reason,
+          ...(forId.length > 0 ? { mintedFor: forId } : {}),
+          // What the agent registered, removed with it, and their trees' tokens revoked.
+          ...(registrations.removed.length > 0
+            ? { registrationsRemoved: registrations.removed, registrationTokens: registrations.tokens }
+            : {}),
+        },
       },
       noted,
       lost,
@@ -551,6 +662,7 @@ export class AgentManager {
       ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
     });
     this.store.addPersona(persona, identity.publicKey);
+    const registration = this.store.getPersona(persona) ?? { createdAt: Date.now(), publicKey: identity.publicKey };
     this.opts.record({
       op: "persona.added",
       target: `persona://${persona}`,
@@ -657,6 +769,7 @@ export class AgentManager {
         },
       }),
       persona,
+      registration,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
       token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
@@ -733,7 +846,7 @@ export class AgentManager {
     // The agent's authority ends with it: its token is revoked first, in force at once.
     let revocation: AgentRevocation | undefined;
     step("cannot revoke an ended agent's token", () => {
-      revocation = this.revokeAgent(rec.tokenId, rec.persona);
+      revocation = this.revokeAgent(rec.tokenId, rec.persona, live.registration);
     });
     // Stored only once its revocation is ({@link saveEnd}).
     step("cannot record agent exit", () => this.saveEnd(id, f, rec.tokenId, rec.spawner));
@@ -763,14 +876,23 @@ export class AgentManager {
     step("cannot revoke an ended agent's token", () => {
       // Revoked at its kill already, on the record or on its way there: a record only for what
       // was minted for its id since. A kill record dropped (a full disk) leaves it to this one.
-      if (revocation && live.authorityEnded && !live.killRecord?.lost && !revocation.own.changed && !revocation.rest?.changed) {
+      if (
+        revocation &&
+        live.authorityEnded &&
+        !live.killRecord?.lost &&
+        !revocation.own.changed &&
+        !revocation.rest?.changed &&
+        revocation.registrations.removed.length === 0
+      ) {
         if (live.killRecord) live.killRecord.skipped = true;
         return;
       }
       if (revocation) this.recordRevocation(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
-      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`, live.registration);
     });
-    step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
+    step("cannot remove an ended agent's key", () =>
+      this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId, live.registration),
+    );
     this.killed.delete(rec.persona);
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
@@ -858,7 +980,8 @@ export class AgentManager {
    * stored (storeKept).
    */
   readonly registry: Pick<PersonaStore, "getPersona"> = {
-    getPersona: (id) => (this.unforgotten.has(id) || this.killed.has(id) ? undefined : this.store.getPersona(id)),
+    getPersona: (id) =>
+      this.unforgotten.has(id) || this.killed.has(id) || this.keptRegistrations.has(id) ? undefined : this.store.getPersona(id),
   };
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
@@ -891,12 +1014,13 @@ export class AgentManager {
     const live = this.live.get(id);
     if (live === undefined || live.authorityEnded) return;
     live.authorityEnded = true;
-    this.killed.add(live.persona);
+    // Its id registered again by another holder: that holder's key counts as registered still.
+    if (this.registeredAgainSince(live.persona, live.registration) === undefined) this.killed.add(live.persona);
     const by = live.killedBy === "kill" || live.killedBy === undefined ? "agent.kill" : live.killedBy;
     // Each step on its own, as at its end: this runs from the lifetime's timer too, where a throw
     // (a store refusing the revocation's row) would end the kernel; one its end revokes again.
     try {
-      const revocation = this.revokeAgent(live.token.id, live.persona);
+      const revocation = this.revokeAgent(live.token.id, live.persona, live.registration);
       const reason = `${agentUri(id)} killed (${by})`;
       const note = { lost: false, skipped: false };
       live.killRecord = note;

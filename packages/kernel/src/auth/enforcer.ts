@@ -247,6 +247,11 @@ export class CapEnforcer implements Authorizer {
     return kid !== undefined && this.kidRetired(kid);
   }
 
+  /** The key id of the token `g` was verified from (undefined: a grant the enforcer never verified). */
+  kidOf(g: Grant): string | undefined {
+    return this.kids.get(g);
+  }
+
   /** Whether the key file marks `kid` retired (an agent's own token's key, say). */
   kidRetired(kid: string): boolean {
     return this.keys.retired(kid, this.clock());

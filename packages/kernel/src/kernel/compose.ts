@@ -57,7 +57,7 @@ import { KeptBytes, RepeatedFailureLog } from "../store/storage-full.js";
 import { loadShmNative, sweepShmSegments } from "../transport/shm-native.js";
 import { KERNEL_VERSION } from "../version.js";
 import { applyOfflineChanges, type ExpulsionScope, endUnregisteredSessions, expelUnregistered } from "./expulsion.js";
-import { notifyRevoked } from "./revocation.js";
+import { notifyRetired, notifyRevoked } from "./revocation.js";
 import { SessionRegistry } from "./sessions.js";
 import { type Addresses, kernelStatus } from "./status.js";
 import { openHome } from "./storage.js";
@@ -158,6 +158,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     events.operator = c.adminPersona;
     // Subscriptions live as long as the capabilities that authorized them (the enforcer is built below).
     let enforcerRef: CapEnforcer | undefined;
+    // The sessions (made below), for the notice of a key's retirement.
+    let sessionsRef: Pick<SessionRegistry, "all"> | undefined;
     events.lapsed = (g: Grant) => enforcerRef?.lapsed(g);
     sandbox = openSandbox(c, log, input.bwrapPath, input.configFile, input.scratchRemover);
     const box = sandbox;
@@ -185,6 +187,14 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           message: `the token root keys changed: current ${change.current}`,
           detail: { ...change },
         });
+        // Sessions holding handles on tokens the retired (or removed) keys signed are told, as at a
+        // revocation: on a later turn, as this is found on a request's check of a key.
+        const ended = new Set([...change.retired, ...change.removed]);
+        if (ended.size > 0)
+          setImmediate(() => {
+            const enforcer = enforcerRef;
+            if (enforcer) notifyRetired(sessionsRef?.all() ?? [], ended, (g) => enforcer.kidOf(g), events);
+          });
       },
     );
     const last = home.lastRecord;
@@ -275,6 +285,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       roots,
     );
+    sessionsRef = sessions;
     const addresses: Addresses = { grpc: undefined, metrics: "" };
     router.register(
       systemFamily(

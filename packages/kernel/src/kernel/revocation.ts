@@ -45,3 +45,32 @@ export function notifyRevoked(
   reach?.compute.cancelRevoked(isRevoked);
   reach?.uploads?.dropRevoked(isRevoked);
 }
+
+/**
+ * A root key's retirement (or removal from the key file) ends every token it signed, as a
+ * revocation does, but nothing told the sessions holding handles on them: they learned at their
+ * next use. Each such handle's session is told on the same notice channel as a revocation's
+ * (`topic://kernel/tokens/<id>/revoked`), with `reason: "key retired"`. Runs once per change of
+ * the key file that retires or removes a key (a pass over the sessions' handles then, never per request).
+ */
+export function notifyRetired(
+  sessions: Iterable<Session>,
+  kids: ReadonlySet<string>,
+  kidOf: (g: Grant) => string | undefined,
+  events: EventBus,
+): number {
+  let told = 0;
+  for (const sess of sessions) {
+    for (const h of sess.handles.all()) {
+      const kid = kidOf(h.grant);
+      if (kid === undefined || !kids.has(kid)) continue;
+      events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, {
+        token: h.grant.id,
+        handle: h.handle,
+        reason: "key retired",
+      });
+      told++;
+    }
+  }
+  return told;
+}

@@ -52,43 +52,93 @@ export function removePersonaTree(
   /** The persona asking (none: the operator): it and the personas above it are never removed with `id`. */
   actor?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  const roots = registeredTrees(store, id, actor);
-  // A root found later may lie above one found before (registered where no persona was): listed once.
-  const removed = [...new Set(roots.flatMap((r) => personasUnder(store, r).map((p) => p.id)))];
+  return removeTrees(store, [id], registrations(store, id, actor), revoke);
+}
+
+/**
+ * The personas an agent registered (persona.register under its spawner's tree, with a key it
+ * generated and may have handed out), and what those registered in turn: removed with the
+ * agent's key (AgentManager), as a removed persona's registrations are. Never the agent's own
+ * id (its end removes its key), nor the ids under it.
+ */
+export function registrationsOf(store: PersonaStore, id: string): string[] {
+  return registrations(store, id, undefined);
+}
+
+/**
+ * Removes the trees `whole` (every persona under each) and the personas `alone` (each id alone:
+ * a persona another registered under it stays, with its tokens, work and allocations), their
+ * tokens revoked by `revoke` (minted for or by them), their work and allocations disowned.
+ */
+export function removeTrees(
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
+  whole: string[],
+  alone: string[],
+  revoke: (tokenIds: string[]) => void,
+): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
+  const removed = [...whole.flatMap((r) => personasUnder(store, r).map((p) => p.id)), ...alone];
+  const tokens = tokensOfRemoved(store, whole, alone);
   for (const p of removed) store.removePersona(p);
-  const tokens = [...new Set(roots.flatMap((r) => store.unrevokedTokensOfTree(r)))];
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
   let allocationsFreed = 0;
-  for (const r of roots) {
+  for (const r of whole) {
     // Its ops' results, its agents' output and its token list are not a later registration's: the
     // tokens pass to the nearest persona above it still registered (one registered later sees none).
     store.disownWork(r);
     store.disownTokens(r, registeredAbove(store, r));
     allocationsFreed += releaseAllocationsWithin(store, r);
   }
+  for (const r of alone) {
+    store.disownWork(r, true);
+    store.disownTokens(r, registeredAbove(store, r), true);
+    allocationsFreed += releaseAllocationsWithin(store, r, true);
+  }
   return { removed, tokensRevoked: tokens.length, allocationsFreed };
 }
 
+/** The unrevoked tokens minted for or by a persona of the trees `whole`, or for or by one of `alone` itself. */
+export function tokensOfRemoved(store: TokenStore, whole: string[], alone: string[]): string[] {
+  return [
+    ...new Set([
+      ...whole.flatMap((r) => store.unrevokedTokensOfTree(r)),
+      // Minted for or by that id itself: one for a persona under it is that persona's.
+      ...alone.flatMap((r) =>
+        store.unrevokedTokensOfTree(r).filter((t) => {
+          const rec = store.getToken(t);
+          return rec === undefined || rec.sub === r || rec.mintedBy === r;
+        }),
+      ),
+    ]),
+  ];
+}
+
 /**
- * `id`, then every persona registered by an id in the trees found so far (itself outside them) —
- * a persona registers anywhere under the top of its tree, beside itself too, with a key its
- * holder keeps: left registered, that holder would attest as it after the removal and act on
- * under any token its tree's top holds (usable by the personas under it). Followed by the
- * registrar's id, not by the personas still registered: an agent's key leaves the registry at its
- * end, and what it registered (a key its spawner chose) stayed. Never `actor` or a persona above
- * it. Bounded: a tree registers at most maxRegisteredPersonas; one indexed read per tree found.
+ * Every persona registered by an id in the tree `id` (the registrar's id, whether or not it is
+ * still registered: an agent's key leaves the registry at its end, an earlier-removed
+ * sub-persona's too, and what they registered stayed), then every persona one of those
+ * registered, and so on — a persona registers anywhere under the top of its tree, beside itself
+ * too, with a key its holder keeps: left registered, that holder would attest as it after the
+ * removal and act on under any token its tree's top holds (usable by the personas under it).
+ * Each alone, never the ids under it: where no persona holds an id above the registrar (case
+ * 259's `team/alice` without `team`), it may register an id above itself, whose subtree holds
+ * personas others registered (docs/architecture.md). Never a persona in the tree `id`, nor
+ * `actor` or a persona above it. Bounded: a tree registers at most maxRegisteredPersonas; one
+ * indexed read per persona found.
  */
-function registeredTrees(store: PersonaStore, id: string, actor: string | undefined): string[] {
-  const roots = [id];
-  const covered = (p: string) => roots.some((r) => personaWithin(p, r));
-  for (let i = 0; i < roots.length; i++) {
-    for (const r of store.registeredWithin(roots[i] as string)) {
-      if (covered(r) || (actor !== undefined && personaWithin(actor, r))) continue;
-      roots.push(r);
+function registrations(store: PersonaStore, id: string, actor: string | undefined): string[] {
+  const taken = new Set<string>();
+  const found: string[] = [];
+  const follow = (registered: string[]) => {
+    for (const r of registered) {
+      if (taken.has(r) || personaWithin(r, id) || (actor !== undefined && personaWithin(actor, r))) continue;
+      taken.add(r);
+      found.push(r);
     }
-  }
-  return roots;
+  };
+  follow(store.registeredWithin(id));
+  for (let i = 0; i < found.length; i++) follow(store.registeredBy(found[i] as string));
+  return found;
 }
 
 function personaTarget(ctx: OpContext): string {

@@ -332,8 +332,9 @@ export function rateRefusal(grant: Grant): OpError {
  * kept, they counted against its tree's limits and its maxAllocationsPerPersona for good, and a
  * later persona under the same id (the next agent of that name) inherited them. Returns how many.
  */
-export function releaseAllocationsWithin(store: LedgerStore, root: string): number {
-  const held = store.allocationsWithin(root);
+export function releaseAllocationsWithin(store: LedgerStore, root: string, alone = false): number {
+  // `alone`: `root`'s own allocations, not those of the personas under it.
+  const held = store.allocationsWithin(root).filter((a) => !alone || a.persona === root);
   for (const a of held) {
     store.removeAllocation(a.id);
     for (const scope of personaLineage(a.persona)) store.adjustUsage(personaScope(scope), a.resource, -a.amount);

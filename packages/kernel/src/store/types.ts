@@ -29,6 +29,8 @@ export interface PersonaStore {
    * or not: an ended agent's key, a removed sub-persona's — in id order.
    */
   registeredWithin(id: string): string[];
+  /** The personas persona.register of `id` itself added (not of a persona under it), in id order. */
+  registeredBy(id: string): string[];
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
   /**
@@ -382,9 +384,9 @@ export interface TokenStore {
   /**
    * `tree` is removed from the registry: the tokens its ids saw are seen by `heir` instead (a
    * registered persona above it, so those above keep seeing them; none when absent), never by a
-   * later registration under one of these ids.
+   * later registration under one of these ids. `alone`: `tree`'s id only, not the ids under it.
    */
-  disownTokens(tree: string, heir?: string): void;
+  disownTokens(tree: string, heir?: string, alone?: boolean): void;
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
   /** {@link tokensDerivedFrom} of each of `ids` (those with none are absent), read in one pass. */
@@ -486,9 +488,9 @@ export interface OpStore {
    * `tree` is removed from the registry: the ops its registered personas submitted and the agents
    * they spawned (spawn null) are marked {@link REMOVED_SPAWN}, so a later registration under one
    * of these ids owns none of them (the admin still sees them). Agent personas' rows keep their
-   * spawn: they are scoped to it already.
+   * spawn: they are scoped to it already. `alone`: `tree`'s id only, not the ids under it.
    */
-  disownWork(tree: string): void;
+  disownWork(tree: string, alone?: boolean): void;
 }
 
 /**

@@ -22,7 +22,7 @@ export const personaRegister = defineOp({
 export const personaRemove = defineOp({
   op: "persona.remove",
   description:
-    "Remove persona://<id> and its sub-personas, with every persona one of them (or an agent of theirs, ended or not) registered (persona.register) outside that subtree and the sub-personas of those, repeatedly — never the caller or a persona above it: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, the commands and tasks they submitted end, their uploads in progress are dropped, and the tokens minted for them or by them (a sub-persona minting from its parent's token included) are revoked, with every token minted from those, in the removal's own commit and record. A persona other than the admin removes only personas in its own persona tree, never itself or one above it (PERMISSION otherwise).",
+    "Remove persona://<id> and its sub-personas, with every persona one of them (or an agent of theirs, ended or not) registered (persona.register) outside that subtree, and every persona those registered, repeatedly — each of those alone (a persona someone else registered under one stays), never the caller or a persona above it: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, the commands and tasks they submitted end, their uploads in progress are dropped, and the tokens minted for them or by them (a sub-persona minting from its parent's token included) are revoked, with every token minted from those, in the removal's own commit and record. A persona other than the admin removes only personas in its own persona tree, never itself or one above it (PERMISSION otherwise).",
   targets: ["persona"],
   args: {},
   result: {

@@ -22,6 +22,9 @@ export const inTreeSql = (column: string): string => `(${column} = ? OR (${colum
 /** The three values {@link inTreeSql} binds for `root`. */
 export const treeArgs = (root: string): [string, string, string] => [root, `${root}/`, `${root}0`];
 
+/** {@link inTreeSql}'s arguments for `id` alone, not the ids under it (an empty range beside it). */
+export const idArgs = (id: string): [string, string, string] => [id, id, id];
+
 /** A record field's column: the field in snake_case (`requestId` → `request_id`). */
 export const columnOf = (field: string): string => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 

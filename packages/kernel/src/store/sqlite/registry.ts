@@ -51,6 +51,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     readonly #registeredWithin: Statement = this.db.prepare(
       `SELECT id FROM personas WHERE ${inTreeSql("registered_by")} ORDER BY id`,
     );
+    readonly #registeredBy: Statement = this.db.prepare("SELECT id FROM personas WHERE registered_by = ? ORDER BY id");
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
     readonly #changed: ((id: string | undefined) => void)[] = [];
@@ -77,6 +78,9 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     }
     registeredWithin(id: string): string[] {
       return (this.#registeredWithin.all(...treeArgs(id)) as { id: string }[]).map((r) => r.id);
+    }
+    registeredBy(id: string): string[] {
+      return (this.#registeredBy.all(id) as { id: string }[]).map((r) => r.id);
     }
     countRegisteredWithin(id: string): number {
       return (this.#countWithin.get(...treeArgs(id)) as { n: number }).n;

@@ -1,5 +1,5 @@
 import type { TokenBound, TokenRecord, TokenStore } from "../types.js";
-import { inTreeSql, type Row, type StoreBase, treeArgs, type WithRows } from "./base.js";
+import { idArgs, inTreeSql, type Row, type StoreBase, treeArgs, type WithRows } from "./base.js";
 import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
 import { insertViewers } from "./schema.js";
 
@@ -103,12 +103,13 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ) as Row[];
       return rows.map(toToken);
     }
-    disownTokens(tree: string, heir?: string): void {
+    disownTokens(tree: string, heir?: string, alone = false): void {
+      const args = alone ? idArgs(tree) : treeArgs(tree);
       this.transaction(() => {
         // To the heir (a row it has already stays once), then whatever is left of the tree's goes.
         if (heir !== undefined)
-          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(heir, ...treeArgs(tree));
-        this.prep(`DELETE FROM token_viewers WHERE ${inTreeSql("viewer")}`).run(...treeArgs(tree));
+          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(heir, ...args);
+        this.prep(`DELETE FROM token_viewers WHERE ${inTreeSql("viewer")}`).run(...args);
       });
     }
     tokensDerivedFrom(id: string): TokenRecord[] {

@@ -13,6 +13,7 @@ import {
 import {
   columnMap,
   columnOf,
+  idArgs,
   inTreeSql,
   pickColumns,
   type Row,
@@ -285,15 +286,13 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       const sql = `SELECT count(*) AS n FROM ops WHERE ${inTreeSql("persona")} AND ${FINISHED} AND claimed_at IS NULL AND finished_at >= ?`;
       return (this.prep(sql).get(...treeArgs(root), since) as Row).n as number;
     }
-    disownWork(tree: string): void {
+    disownWork(tree: string, alone = false): void {
+      const args = alone ? idArgs(tree) : treeArgs(tree);
       this.transaction(() => {
-        this.prep(`UPDATE ops SET spawn = ? WHERE ${inTreeSql("persona")} AND spawn IS NULL`).run(
-          REMOVED_SPAWN,
-          ...treeArgs(tree),
-        );
+        this.prep(`UPDATE ops SET spawn = ? WHERE ${inTreeSql("persona")} AND spawn IS NULL`).run(REMOVED_SPAWN, ...args);
         this.prep(`UPDATE agents SET spawner_spawn = ? WHERE ${inTreeSql("spawner")} AND spawner_spawn IS NULL`).run(
           REMOVED_SPAWN,
-          ...treeArgs(tree),
+          ...args,
         );
       });
     }
