@@ -99,15 +99,25 @@ async function appendVaried(home: string, n: number, st: FillState): Promise<voi
   const waiting = st.waiting;
   for (let end = st.i + n; st.i < end; st.i++) {
     const i = st.i;
-    const session = `s${Math.floor(rnd() * 40)
+    let session = `s${Math.floor(rnd() * 40)
       .toString()
       .padStart(3, "0")}-${i % 3}`;
-    const persona = pick(personas);
+    let persona = pick(personas);
+    // A persona and sessions of two short stretches only: a filter on them rules out whole chunks.
+    if ((i >= 600 && i < 700) || (i >= 2300 && i < 2340)) {
+      persona = "eve";
+      session = `eve-${i % 2}`;
+    }
     const x = rnd();
     const caps = rnd() < 0.8 ? `h1:${pick(TOKENS)}` : null;
     if (x < 0.25) {
       const w = { session, persona, requestId: i, op: pick(ops) ?? "storage.write", target: pick(targets), ih: randomBytes(32) };
       add({ ...w, phase: "intent", intentHash: w.ih, caps, intent: randomBytes(40) });
+      // Session eve-1's intents get their outcome at once; eve-0's wait as the others' do (into later chunks).
+      if (session === "eve-1") {
+        add({ ...w, phase: "outcome", intentHash: w.ih, status: "SUCCESS", durationUs: 700 });
+        continue;
+      }
       waiting.push(w);
       // The same request id again while it waits (its first intent never gets its outcome).
       if (rnd() < 0.05) add({ ...w, phase: "intent", intentHash: w.ih, caps });
@@ -211,6 +221,10 @@ function variants(mid: string, session: string): string[][] {
     ["--seq", "40..900"],
     ["--after", "700", "--persona", "carol"],
     ["--trace", "00"],
+    ["--persona", "eve"],
+    ["--session", "eve-1"],
+    ["--persona", "eve", "--op", "storage.write"],
+    ["--until", mid, "--persona", "eve"],
   ];
   const out: string[][] = [];
   for (const b of base) {
@@ -225,6 +239,8 @@ function variants(mid: string, session: string): string[][] {
     ["--op", "storage.*", "--status", "failure"],
     ["--since", mid],
     ["--status", "SUCCESS"],
+    ["--persona", "eve"],
+    ["--persona", "eve", "--since", mid],
   ])
     out.push(["query", "--json", "--limit", "25", ...q]);
   out.push(["query", "--persona", "bob", "--limit", "3"]);
@@ -320,6 +336,11 @@ describe("the audit side index", () => {
     const reader = openAuditReader(join(home, "kernel.db"));
     try {
       const notes: string[] = [];
+      const head = reader.headSeq() as number;
+      // The times of records in the first and last fifths: chunks wholly past (before) them are ruled out by their times.
+      const untilEarly = (reader.record(Math.floor(head / 5)) as AuditRow).time;
+      const sinceLate = (reader.record(Math.floor((head * 4) / 5)) as AuditRow).time;
+      let skipped = 0;
       for (const shape of [{ chunkRecords: 500 }, { chunkRecords: 700, dictEntries: 3 }]) {
         const idx = AuditIndex.open(
           reader,
@@ -337,6 +358,14 @@ describe("the audit side index", () => {
           [{ target: globMatcher("token://", "/", true) }, "token://"],
           [{ seq: { from: 1200, to: 2600 } }, undefined],
           [{ token: TOKENS[2] as string }, undefined],
+          // Selective across chunks: most chunks hold no record they let through (skipped unread, unless a row shown waits for an outcome there).
+          [{ persona: globMatcher("eve", "/") }, undefined],
+          [{ session: "eve-1" }, undefined],
+          [{ persona: globMatcher("eve", "/"), op: globMatcher("storage.*", ".") }, undefined],
+          [{ until: untilEarly }, undefined],
+          [{ until: untilEarly, persona: globMatcher("e*", "/") }, undefined],
+          [{ since: sinceLate, target: globMatcher("obj://ws/**", "/", true) }, "obj://ws/**"],
+          [{ seq: { from: 2500, to: 2900 }, session: "eve" }, undefined],
         ];
         for (const [f, target] of filters)
           for (const after of [0, 1700])
@@ -350,12 +379,27 @@ describe("the audit side index", () => {
               indexedTimeline(reader, idx, f, target, after, 0, (r) => sb.add(r));
               assert.deepEqual(sb.groups(), sa.groups(), `summary ${JSON.stringify({ ...f, target, after })}`);
             }
+        // A filter of two stretches reads only the chunks that hold them (and those an intent shown waits into);
+        // with tables of 3 entries its values are past them (UNKNOWN, in every chunk): every chunk is read.
+        if (shape.dictEntries === undefined) {
+          idx.chunkReads = 0;
+          const eve = indexedTimeline(reader, idx, { session: "eve-1" }, undefined, 0, 5000);
+          assert.ok(eve.rows.length > 30, `${eve.rows.length} rows of eve-1`);
+          assert.ok(idx.chunkReads < idx.chunkCount - 1, `${idx.chunkReads} of ${idx.chunkCount} chunks read`);
+          idx.chunkReads = 0;
+          assert.ok(queryRecords(reader, idx, { persona: patternTest("eve") }, 10).total > 50);
+          assert.ok(idx.chunkReads < idx.chunkCount - 1, `query: ${idx.chunkReads} of ${idx.chunkCount} chunks read`);
+          skipped++;
+        }
         const queries: QueryFilter[] = [
           {},
           { persona: patternTest("alice/**") },
           { op: patternTest("storage.*"), status: "FAILURE" },
           { op: patternTest("*") },
           { status: "SUCCESS", persona: patternTest("mallory") },
+          { persona: patternTest("eve") },
+          { persona: patternTest("eve"), op: patternTest("storage.*") },
+          { since: sinceLate },
         ];
         for (const q of queries)
           for (const limit of [4, 10_000]) {
@@ -368,7 +412,68 @@ describe("the audit side index", () => {
             );
           }
       }
+      assert.equal(skipped, 1);
       assert.deepEqual(notes, []);
+    } finally {
+      reader.close();
+    }
+  });
+
+  it("skips a chunk by its summary only while no row shown waits for an outcome there (an intent before --until, its outcome an hour on)", async () => {
+    const home2 = join(dir, "clocked");
+    mkdirSync(home2);
+    const t0 = 1_780_000_000_000;
+    let now = t0;
+    const realNow = Date.now;
+    Date.now = () => now;
+    try {
+      const store = new SqliteStore(join(home2, "kernel.db"));
+      store.useAuditSegments(join(home2, "audit"));
+      const log = new AuditLog(store, "kc", generateKeyPairSync("ed25519").privateKey, { batchMax: 16, checkpointEvery: 100 });
+      const ih = randomBytes(32);
+      let last: Promise<void> = Promise.resolve();
+      const zed = { session: "sz", persona: "zed", requestId: 10, op: "storage.write", target: "obj://z/1", intentHash: ih };
+      for (let i = 0; i < 350; i++) {
+        // The first 50 records in the first second, the rest an hour later.
+        now = i < 50 ? t0 + i : t0 + 3_600_000 + i;
+        if (i === 10) last = log.append({ ...zed, phase: "intent", intent: randomBytes(16) });
+        else if (i === 200) last = log.append({ ...zed, phase: "outcome", status: "SUCCESS", durationUs: 1000 });
+        else
+          last = log.append({
+            session: `s${i % 3}`,
+            persona: "p",
+            phase: "complete",
+            requestId: 1000 + i,
+            op: "storage.read",
+            target: `obj://ws/${i}`,
+            status: "SUCCESS",
+            durationUs: 100,
+          });
+      }
+      // The clock is read as a record is appended (its time), so the commit may come later.
+      Date.now = realNow;
+      await last;
+      log.close();
+      store.close();
+    } finally {
+      Date.now = realNow;
+    }
+    const reader = openAuditReader(join(home2, "kernel.db"));
+    try {
+      const idx = AuditIndex.open(reader, home2, join(cache, "clocked"), () => undefined, { chunkRecords: 40 }) as AuditIndex;
+      assert.ok(idx.chunkCount >= 8, `${idx.chunkCount} chunks`);
+      for (const f of [{ until: t0 + 1000 }, { until: t0 + 1000, persona: globMatcher("zed", "/") }, { since: t0 + 3_000_000 }])
+        for (const limit of [3, 1000]) {
+          idx.chunkReads = 0;
+          const b = indexedTimeline(reader, idx, f, undefined, 0, limit);
+          assert.deepEqual(b, timeline(reader, f, 0, limit), JSON.stringify({ ...f, limit }));
+          if (f.until !== undefined && limit > 3) {
+            const zedRow = b.rows.find((r) => r.persona === "zed");
+            assert.equal(zedRow?.status, "SUCCESS", "the intent's row has its outcome, read from a chunk past --until");
+            // The chunks to the outcome's are read, those past it are not.
+            assert.ok(idx.chunkReads < idx.chunkCount - 2, `${idx.chunkReads} of ${idx.chunkCount} chunks read`);
+          }
+        }
     } finally {
       reader.close();
     }
