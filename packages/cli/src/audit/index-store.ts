@@ -15,7 +15,7 @@ import { homedir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { UsageError } from "../util.js";
-import { recordTokenIds } from "./filters.js";
+import { recordTokenIds, traceId } from "./filters.js";
 import { detailValue, fromRecord, pairKey } from "./timeline.js";
 
 /**
@@ -95,6 +95,8 @@ function summaryView(buf: Buffer, i: number): ChunkSummary {
 /** Flag bits. */
 export const FLAG_WHOLE_TARGET = 1; // the scope column holds the whole target
 export const FLAG_DETAIL_ID = 2; // the detail holds a string of 32 characters (a token id it may name)
+export const FLAG_TRACE = 4; // the trace column holds the first 8 hex digits of the trace id
+export const FLAG_TRACE_ODD = 8; // a traceparent that is not of the W3C shape (the filter decodes the record)
 
 export class Dict {
   readonly values: string[] = [""]; // id 0: null
@@ -142,13 +144,15 @@ export interface Chunk {
   scope: Uint32Array;
   tokens: Uint32Array;
   errorClass: Uint32Array;
+  /** The trace id's first 8 hex digits (FLAG_TRACE: a well-formed traceparent's; FLAG_TRACE_ODD: another text, decoded when --trace asks). */
+  trace: Uint32Array;
   phase: Uint8Array;
   status: Uint8Array;
   flags: Uint8Array;
 }
 
 const F64 = ["seq", "time", "start", "pair"] as const;
-const U32 = ["persona", "op", "session", "scope", "tokens", "errorClass"] as const;
+const U32 = ["persona", "op", "session", "scope", "tokens", "errorClass", "trace"] as const;
 const U8 = ["phase", "status", "flags"] as const;
 /** Bytes of columns per record. */
 export const RECORD_BYTES = F64.length * 8 + U32.length * 4 + U8.length;
@@ -490,6 +494,13 @@ export class AuditIndex {
     c.phase[i] = small(d.phase.id(r.phase));
     c.status[i] = small(d.status.id(r.status));
     if (detailHasId(r.detail)) flags |= FLAG_DETAIL_ID;
+    if (r.traceparent !== null) {
+      const id = traceId(r.traceparent) as string;
+      if (id !== r.traceparent) {
+        c.trace[i] = Number.parseInt(id.slice(0, 8), 16) >>> 0;
+        flags |= FLAG_TRACE;
+      } else flags |= FLAG_TRACE_ODD;
+    }
     c.flags[i] = flags;
     this.summarize(i);
   }

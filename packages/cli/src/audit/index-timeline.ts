@@ -4,6 +4,8 @@ import {
   type AuditIndex,
   type Chunk,
   FLAG_DETAIL_ID,
+  FLAG_TRACE,
+  FLAG_TRACE_ODD,
   FLAG_WHOLE_TARGET,
   NULL_ID,
   type SummaryCol,
@@ -41,7 +43,9 @@ export function indexedTimeline(
   visit?: (row: TimelineRow) => void,
   dec = new Decoder(reader),
 ): TimelinePage {
-  if (f.trace !== undefined || f.tokenSet !== undefined) return timeline(reader, f, after, limit, visit);
+  // --trace by a trace id's prefix is decided from the trace column; a whole traceparent or other text by the scan.
+  if (f.tokenSet !== undefined || (f.trace !== undefined && !TRACE_PREFIX.test(f.trace)))
+    return timeline(reader, f, after, limit, visit);
   const collect = visit === undefined;
   const d = idx.dicts;
   const phases = d.phase.values;
@@ -172,6 +176,9 @@ export function indexedTimeline(
   return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null, tokens };
 }
 
+/** A --trace the trace column decides: a prefix of a trace id (lower-case hex, as traceparents carry it). */
+export const TRACE_PREFIX = /^[0-9a-f]{1,32}$/;
+
 /** The characters of a glob before its first wildcard: every target it matches begins with them. */
 function literalPrefix(pattern: string): string {
   const at = pattern.search(/[*?[]/);
@@ -221,6 +228,11 @@ function decider(
   const t = f.token;
   const tokenList = t !== undefined ? memo(d.tokens, (s) => s !== "" && s.split(",").some((x) => x.startsWith(t))) : undefined;
   const about = `token://${t}`;
+  // --trace: its first 8 digits against the column (exact for a prefix of 8 or fewer; a longer one is decoded when they agree).
+  const tr = f.trace;
+  const trLen = tr !== undefined ? Math.min(tr.length, 8) : 0;
+  const trHead = tr !== undefined ? Number.parseInt(tr.slice(0, trLen), 16) : 0;
+  const trShift = 32 - 4 * trLen;
   // The column tests a chunk's summary is held against (the same tests as below, per id), made at the first chunk asked about.
   let chunkTests: [SummaryCol, Uint8Array][] | undefined;
   const cannotMatch = (ci: number): boolean => {
@@ -271,6 +283,14 @@ function decider(
       const k = sess(c.session[i] as number);
       if (k === NO) return NO;
       if (k === MAYBE) maybe = true;
+    }
+    if (tr !== undefined) {
+      const fl = c.flags[i] as number;
+      if ((fl & FLAG_TRACE) !== 0) {
+        if ((c.trace[i] as number) >>> trShift !== trHead) return NO;
+        if (tr.length > 8) maybe = true;
+      } else if ((fl & FLAG_TRACE_ODD) !== 0) maybe = true;
+      else return NO; // no traceparent
     }
     if (tokenList && t !== undefined) {
       const id = c.tokens[i] as number;
