@@ -1,6 +1,7 @@
 /**
  * `node packages/cli/dist/test/audit-index-bench.js [--records N] [--keep DIR]`: the time of
- * `kpip audit timeline --persona X`, `query --persona X` and `timeline --summary` on a home of N
+ * `kpip audit timeline --persona X`, `query --persona X`, `timeline --summary`, `timeline --trace T`
+ * and `timeline [--summary] --session S` (S in one chunk of the index) on a home of N
  * records (default 500,000: reads, writes as intent + outcome, refusals; persona X is 0.5% of
  * them), each by the full scan (--no-index), with the side index built first (cold) and with it
  * built (warm), then warm again after 5,000 more records (the index decodes only those). Each a
@@ -28,6 +29,10 @@ const dir = keep ?? mkdtempSync(join(tmpdir(), "kpip-index-bench-"));
 const home = join(dir, "home");
 const cache = join(dir, "cache");
 
+/** Record i's traceparent: a trace id of its own (its first 8 digits a hash of i, the rest fixed). */
+const traceparent = (i: number) =>
+  `00-${(Math.imul(i, 0x9e3779b1) >>> 0).toString(16).padStart(8, "0")}0af7651916cd43dd8448eb21-b7ad6b7169203331-01`;
+
 function entry(i: number): AuditEntry {
   const k = i % 10;
   // An outcome (k = 7) is its intent's persona's, in its session.
@@ -45,7 +50,7 @@ function entry(i: number): AuditEntry {
       caps: "h1:0123456789abcdef0123456789abcdef",
       status: "SUCCESS",
       durationUs: 40 + (i % 50),
-      traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+      traceparent: traceparent(i),
     };
   if (k === 9)
     return {
@@ -133,6 +138,10 @@ try {
     ["timeline", "--persona", "mallory", "--limit", "100"],
     ["query", "--persona", "mallory", "--limit", "100"],
     ["timeline", "--summary"],
+    // One request's rows by its trace id (record 12345's); a session of 5,000 records in one chunk (chunk summaries skip the other seven).
+    ["timeline", "--trace", traceparent(12345).slice(3, 35)],
+    ["timeline", "--session", "sess-mallory-42", "--limit", "100"],
+    ["timeline", "--summary", "--session", "sess-mallory-42"],
   ];
   for (const c of cmds) {
     run("scan", [...c, "--no-index"]);

@@ -1,5 +1,5 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
-import { Decoder, eachEntry, MAYBE, memo, NO, smallValue, YES } from "./index-read.js";
+import { bitsOf, Decoder, eachEntry, MAYBE, mayHold, memo, NO, smallValue, YES } from "./index-read.js";
 import { type AuditIndex, NULL_ID } from "./index-store.js";
 
 /** `kpip audit query`'s filters, as tests of a decoded record and as their parts the index decides. */
@@ -41,32 +41,49 @@ export function queryRecords(
   const d = idx.dicts;
   const persona = q.persona && memo(d.persona, q.persona);
   const op = q.op && memo(d.op, q.op);
+  const opTest =
+    op && q.op ? (id: number) => (id === NULL_ID ? ((q.op as (v: null) => boolean)(null) ? YES : NO) : op(id)) : undefined;
+  // A chunk whose summary holds no persona (op) the filter lets through, or only older times, is not read.
+  const personaBits = persona && idx.chunkCount > 1 ? bitsOf(d.persona, persona) : undefined;
+  const opBits = opTest && idx.chunkCount > 1 ? bitsOf(d.op, opTest) : undefined;
+  const skip = (ci: number) => {
+    const s = idx.summary(ci);
+    return (
+      (q.since !== undefined && s.maxTime < q.since) ||
+      (personaBits !== undefined && !mayHold(s, "persona", personaBits)) ||
+      (opBits !== undefined && !mayHold(s, "op", opBits))
+    );
+  };
   let kept: number[] = [];
-  eachEntry(idx, reader.firstAuditSeq() ?? 1, (c, i) => {
-    const seq = c.seq[i] as number;
-    let k: number = YES;
-    if (q.since !== undefined && (c.time[i] as number) < q.since) return true;
-    if (persona) {
-      const p = persona(c.persona[i] as number);
-      if (p === NO) return true;
-      if (p === MAYBE) k = MAYBE;
-    }
-    if (op && q.op) {
-      const id = c.op[i] as number;
-      const o = id === NULL_ID ? (q.op(null) ? YES : NO) : op(id);
-      if (o === NO) return true;
-      if (o === MAYBE) k = MAYBE;
-    }
-    if (q.status !== undefined) {
-      const s = smallValue(d.status, c.status[i] as number);
-      if (s === undefined) k = MAYBE;
-      else if (s !== q.status) return true;
-    }
-    if (k === MAYBE && !test(dec.get(seq))) return true;
-    total++;
-    kept.push(seq);
-    if (kept.length >= 2 * limit) kept = kept.slice(-limit);
-    return true;
-  });
+  eachEntry(
+    idx,
+    reader.firstAuditSeq() ?? 1,
+    (c, i) => {
+      const seq = c.seq[i] as number;
+      let k: number = YES;
+      if (q.since !== undefined && (c.time[i] as number) < q.since) return true;
+      if (persona) {
+        const p = persona(c.persona[i] as number);
+        if (p === NO) return true;
+        if (p === MAYBE) k = MAYBE;
+      }
+      if (opTest) {
+        const o = opTest(c.op[i] as number);
+        if (o === NO) return true;
+        if (o === MAYBE) k = MAYBE;
+      }
+      if (q.status !== undefined) {
+        const s = smallValue(d.status, c.status[i] as number);
+        if (s === undefined) k = MAYBE;
+        else if (s !== q.status) return true;
+      }
+      if (k === MAYBE && !test(dec.get(seq))) return true;
+      total++;
+      kept.push(seq);
+      if (kept.length >= 2 * limit) kept = kept.slice(-limit);
+      return true;
+    },
+    skip,
+  );
   return { rows: kept.slice(-limit).map((s) => dec.get(s)), total };
 }

@@ -1,5 +1,17 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
-import { type AuditIndex, type Chunk, type Dict, IndexStaleError, NULL_ID, SMALL_UNKNOWN, UNKNOWN } from "./index-store.js";
+import {
+  type AuditIndex,
+  type Chunk,
+  type ChunkSummary,
+  type Dict,
+  IndexStaleError,
+  NULL_ID,
+  SMALL_UNKNOWN,
+  SUMMARY_BITS,
+  type SummaryCol,
+  summaryBit,
+  UNKNOWN,
+} from "./index-store.js";
 
 /** A decision from the index's columns: the record surely does not match, surely does, or must be decoded to tell. */
 export const NO = 0;
@@ -68,10 +80,42 @@ export function wideValue(dict: Dict, id: number): string | null | undefined {
   return dict.values[id];
 }
 
-/** Each record of the index from `from` on (chunks wholly before it are not read), oldest first; `fn` false stops. */
-export function eachEntry(idx: AuditIndex, from: number, fn: (c: Chunk, i: number) => boolean): void {
+/**
+ * The summary bits of the ids of `dict` (with null and UNKNOWN) a column test does not rule out:
+ * a chunk whose bitmap shares none of them holds no record the test lets through.
+ */
+export function bitsOf(dict: Dict, test: (id: number) => Decision): Uint8Array {
+  const bits = new Uint8Array(SUMMARY_BITS / 8);
+  const set = (id: number) => {
+    if (test(id) === NO) return;
+    const b = summaryBit(id);
+    bits[b >> 3] = (bits[b >> 3] as number) | (1 << (b & 7));
+  };
+  for (let id = 0; id < dict.values.length; id++) set(id);
+  set(UNKNOWN);
+  return bits;
+}
+
+/** Whether chunk summary `s`'s column `col` may hold an id of `bits`. */
+export function mayHold(s: ChunkSummary, col: SummaryCol, bits: Uint8Array): boolean {
+  const have = s.bits[col];
+  for (let j = 0; j < bits.length; j++) if (((have[j] as number) & (bits[j] as number)) !== 0) return true;
+  return false;
+}
+
+/**
+ * Each record of the index from `from` on (chunks wholly before it are not read), oldest first;
+ * `fn` false stops. `skip(ci)` true: chunk `ci` is passed over unread (its summary shows no record the caller needs).
+ */
+export function eachEntry(
+  idx: AuditIndex,
+  from: number,
+  fn: (c: Chunk, i: number) => boolean,
+  skip?: (ci: number) => boolean,
+): void {
   for (let ci = 0; ci < idx.chunkCount; ci++) {
     if (ci + 1 < idx.chunkCount && idx.chunkFirst(ci + 1) <= from) continue;
+    if (skip?.(ci)) continue;
     const c = idx.chunk(ci);
     for (let i = 0; i < c.n; i++) {
       if ((c.seq[i] as number) < from) continue;

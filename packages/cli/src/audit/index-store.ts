@@ -15,7 +15,7 @@ import { homedir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { UsageError } from "../util.js";
-import { recordTokenIds } from "./filters.js";
+import { recordTokenIds, traceId } from "./filters.js";
 import { detailValue, fromRecord, pairKey } from "./timeline.js";
 
 /**
@@ -29,7 +29,7 @@ import { detailValue, fromRecord, pairKey } from "./timeline.js";
  */
 
 /** Bump when the columns or their meaning change: an index of another version is built again. */
-const VERSION = 1;
+const VERSION = 2;
 
 /** Records a chunk file holds: ~3.6 MB of columns, the most a query holds in memory at once. */
 export const CHUNK = 65_536;
@@ -60,9 +60,43 @@ const DICTS = Object.keys(DICT_BOUNDS) as DictName[];
 /** Intents still waiting for their outcome past which the index is not kept (a tampered record's flood of them). */
 const MAX_PENDING = 1_000_000;
 
+/**
+ * A chunk's summary (summaries.bin, one after another, oldest first): for each of its columns
+ * persona, op, session and scope, a bitmap of the ids its records hold (id modulo SUMMARY_BITS - 1,
+ * UNKNOWN the last bit: bloom-like, a bit may stand for several ids), then the least and greatest
+ * start and the greatest time. A filter that matches none of a chunk's ids (or times) skips the
+ * chunk without reading it; a bit set by another id only costs a read.
+ */
+export const SUMMARY_BITS = 4096;
+export const SUMMARY_COLS = ["persona", "op", "session", "scope"] as const;
+export type SummaryCol = (typeof SUMMARY_COLS)[number];
+const SUMMARY_BYTES = SUMMARY_COLS.length * (SUMMARY_BITS / 8) + 3 * 8;
+/** The bit of `id` in a summary's bitmap. */
+export const summaryBit = (id: number) => (id === UNKNOWN ? SUMMARY_BITS - 1 : id % (SUMMARY_BITS - 1));
+
+/** A chunk's summary as read: the bitmaps and times (a view of summaries.bin's bytes). */
+export interface ChunkSummary {
+  bits: Record<SummaryCol, Uint8Array>;
+  minStart: number;
+  maxStart: number;
+  maxTime: number;
+}
+
+function summaryView(buf: Buffer, i: number): ChunkSummary {
+  const at = i * SUMMARY_BYTES;
+  const bits = {} as Record<SummaryCol, Uint8Array>;
+  SUMMARY_COLS.forEach((k, j) => {
+    bits[k] = buf.subarray(at + j * (SUMMARY_BITS / 8), at + (j + 1) * (SUMMARY_BITS / 8));
+  });
+  const t = at + SUMMARY_COLS.length * (SUMMARY_BITS / 8);
+  return { bits, minStart: buf.readDoubleLE(t), maxStart: buf.readDoubleLE(t + 8), maxTime: buf.readDoubleLE(t + 16) };
+}
+
 /** Flag bits. */
 export const FLAG_WHOLE_TARGET = 1; // the scope column holds the whole target
 export const FLAG_DETAIL_ID = 2; // the detail holds a string of 32 characters (a token id it may name)
+export const FLAG_TRACE = 4; // the trace column holds the first 8 hex digits of the trace id
+export const FLAG_TRACE_ODD = 8; // a traceparent that is not of the W3C shape (the filter decodes the record)
 
 export class Dict {
   readonly values: string[] = [""]; // id 0: null
@@ -110,13 +144,15 @@ export interface Chunk {
   scope: Uint32Array;
   tokens: Uint32Array;
   errorClass: Uint32Array;
+  /** The trace id's first 8 hex digits (FLAG_TRACE: a well-formed traceparent's; FLAG_TRACE_ODD: another text, decoded when --trace asks). */
+  trace: Uint32Array;
   phase: Uint8Array;
   status: Uint8Array;
   flags: Uint8Array;
 }
 
 const F64 = ["seq", "time", "start", "pair"] as const;
-const U32 = ["persona", "op", "session", "scope", "tokens", "errorClass"] as const;
+const U32 = ["persona", "op", "session", "scope", "tokens", "errorClass", "trace"] as const;
 const U8 = ["phase", "status", "flags"] as const;
 /** Bytes of columns per record. */
 export const RECORD_BYTES = F64.length * 8 + U32.length * 4 + U8.length;
@@ -302,7 +338,17 @@ export class AuditIndex {
     readonly dicts: Record<DictName, Dict>,
     /** The last chunk, kept in memory while appending. */
     private tail: Chunk | undefined,
+    /** Each chunk's summary, SUMMARY_BYTES each. */
+    private sums: Buffer,
   ) {}
+
+  /** Chunks read (for the tests and the benchmark). */
+  chunkReads = 0;
+
+  /** Chunk `i`'s summary (what its records hold, to skip it unread). */
+  summary(i: number): ChunkSummary {
+    return summaryView(this.sums, i);
+  }
 
   /** Records the index covers. */
   get count(): number {
@@ -326,6 +372,7 @@ export class AuditIndex {
 
   /** Chunk `i`'s columns (the last one from memory after an update). */
   chunk(i: number): Chunk {
+    this.chunkReads++;
     const m = this.meta.chunks[i];
     if (!m) throw new Error(`no chunk ${i}`);
     if (i === this.meta.chunks.length - 1 && this.tail && this.tail.n === m.n) return this.tail;
@@ -371,7 +418,7 @@ export class AuditIndex {
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       const meta = emptyMeta(home, shape.chunkRecords ?? CHUNK, shape.dictEntries);
-      idx = new AuditIndex(dir, meta, emptyDicts(meta.dictEntries), undefined);
+      idx = new AuditIndex(dir, meta, emptyDicts(meta.dictEntries), undefined, Buffer.alloc(0));
       writeFileSync(join(dir, "home"), idx.meta.home, { mode: 0o600 });
     }
     return idx.update(reader) ? idx : undefined;
@@ -408,7 +455,18 @@ export class AuditIndex {
     }
     const dicts = {} as Record<DictName, Dict>;
     for (const k of DICTS) dicts[k] = Dict.from(meta.dicts[k] ?? [""], bounds(k, meta.dictEntries));
-    const idx = new AuditIndex(dir, meta, dicts, undefined);
+    let sums: Buffer;
+    try {
+      // Written before the meta: it may hold a summary more (or a tail's of more records), never fewer.
+      sums = meta.chunks.length > 0 ? readFileSync(join(dir, SUMMARIES)) : Buffer.alloc(0);
+    } catch {
+      sums = Buffer.alloc(0);
+    }
+    if (sums.length < meta.chunks.length * SUMMARY_BYTES) {
+      note("the audit index's chunk summaries are missing or short: built again");
+      return undefined;
+    }
+    const idx = new AuditIndex(dir, meta, dicts, undefined, Buffer.from(sums.subarray(0, meta.chunks.length * SUMMARY_BYTES)));
     const lastChunk = meta.chunks.length - 1;
     if (lastChunk >= 0) {
       try {
@@ -434,6 +492,12 @@ export class AuditIndex {
         if (this.tail && last) writeAtomic(join(this.dir, chunkName(this.meta.chunks.length - 1)), chunkBytes(this.tail));
         this.tail = newChunk(this.meta.chunkRecords);
         this.meta.chunks.push({ n: 0, firstSeq: r.seq, firstHash: hex(r.hash) });
+        const fresh = Buffer.alloc(SUMMARY_BYTES);
+        const t = SUMMARY_COLS.length * (SUMMARY_BITS / 8);
+        fresh.writeDoubleLE(Number.POSITIVE_INFINITY, t);
+        fresh.writeDoubleLE(Number.NEGATIVE_INFINITY, t + 8);
+        fresh.writeDoubleLE(Number.NEGATIVE_INFINITY, t + 16);
+        this.sums = Buffer.concat([this.sums, fresh]);
       }
       this.add(this.tail, r, pending);
       (this.meta.chunks.at(-1) as { n: number }).n = this.tail.n;
@@ -448,6 +512,7 @@ export class AuditIndex {
     this.meta.last = { seq: last.seq, hash: hex(last.hash) };
     this.meta.pending = [...pending];
     writeAtomic(join(this.dir, chunkName(this.meta.chunks.length - 1)), chunkBytes(this.tail));
+    writeAtomic(join(this.dir, SUMMARIES), this.sums);
     for (const k of DICTS) this.meta.dicts[k] = this.dicts[k].values;
     writeAtomic(join(this.dir, "meta.json"), Buffer.from(JSON.stringify(this.meta)));
     return true;
@@ -501,7 +566,32 @@ export class AuditIndex {
     c.phase[i] = small(d.phase.id(r.phase));
     c.status[i] = small(d.status.id(r.status));
     if (detailHasId(r.detail)) flags |= FLAG_DETAIL_ID;
+    if (r.traceparent !== null) {
+      const id = traceId(r.traceparent) as string;
+      if (id !== r.traceparent) {
+        c.trace[i] = Number.parseInt(id.slice(0, 8), 16) >>> 0;
+        flags |= FLAG_TRACE;
+      } else flags |= FLAG_TRACE_ODD;
+    }
     c.flags[i] = flags;
+    this.summarize(i);
+  }
+
+  /** Adds record `i` of the tail to the last chunk's summary. */
+  private summarize(i: number): void {
+    const c = this.tail as Chunk;
+    const at = (this.meta.chunks.length - 1) * SUMMARY_BYTES;
+    SUMMARY_COLS.forEach((k, j) => {
+      const b = summaryBit(c[k][i] as number);
+      const byte = at + j * (SUMMARY_BITS / 8) + (b >> 3);
+      this.sums[byte] = (this.sums[byte] as number) | (1 << (b & 7));
+    });
+    // Math.min/max keep a NaN: a comparison with it never skips the chunk.
+    const t = at + SUMMARY_COLS.length * (SUMMARY_BITS / 8);
+    const start = c.start[i] as number;
+    this.sums.writeDoubleLE(Math.min(this.sums.readDoubleLE(t), start), t);
+    this.sums.writeDoubleLE(Math.max(this.sums.readDoubleLE(t + 8), start), t + 8);
+    this.sums.writeDoubleLE(Math.max(this.sums.readDoubleLE(t + 16), c.time[i] as number), t + 16);
   }
 }
 
@@ -516,6 +606,7 @@ function grow(c: Chunk, cap: number): Chunk {
   return g;
 }
 
+const SUMMARIES = "summaries.bin";
 const chunkName = (i: number) => `chunk-${String(i).padStart(6, "0")}.bin`;
 
 function emptyMeta(home: string, chunkRecords: number, dictEntries: number | undefined): Meta {

@@ -1,6 +1,16 @@
 import type { AuditReader } from "@kpip/kernel";
-import { type Decision, Decoder, eachEntry, MAYBE, memo, NO, smallValue, wideValue, YES } from "./index-read.js";
-import { type AuditIndex, type Chunk, FLAG_DETAIL_ID, FLAG_WHOLE_TARGET, NULL_ID, UNKNOWN } from "./index-store.js";
+import { bitsOf, type Decision, Decoder, eachEntry, MAYBE, mayHold, memo, NO, smallValue, wideValue, YES } from "./index-read.js";
+import {
+  type AuditIndex,
+  type Chunk,
+  FLAG_DETAIL_ID,
+  FLAG_TRACE,
+  FLAG_TRACE_ODD,
+  FLAG_WHOLE_TARGET,
+  NULL_ID,
+  type SummaryCol,
+  UNKNOWN,
+} from "./index-store.js";
 import {
   fromRecord,
   matches,
@@ -33,7 +43,9 @@ export function indexedTimeline(
   visit?: (row: TimelineRow) => void,
   dec = new Decoder(reader),
 ): TimelinePage {
-  if (f.trace !== undefined || f.tokenSet !== undefined) return timeline(reader, f, after, limit, visit);
+  // --trace by a trace id's prefix is decided from the trace column; a whole traceparent or other text by the scan.
+  if (f.tokenSet !== undefined || (f.trace !== undefined && !TRACE_PREFIX.test(f.trace)))
+    return timeline(reader, f, after, limit, visit);
   const collect = visit === undefined;
   const d = idx.dicts;
   const phases = d.phase.values;
@@ -44,7 +56,11 @@ export function indexedTimeline(
   const tokens = new Set<string>();
   const first = Math.max(after + 1, f.seq?.from ?? 1);
   const from = Math.max(1, first - PAIR_LOOKBACK, reader.firstAuditSeq() ?? 1);
-  const decide = decider(idx, f, target);
+  const { decide, cannotMatch } = decider(idx, f, target);
+  // A chunk is passed over unread when none of its records can be a row and no row shown waits
+  // for an outcome (which it may hold): its records are then each ruled out, paired with nothing.
+  const skip = (ci: number) =>
+    shown.size === 0 && ((ci + 1 < idx.chunkCount && idx.chunkFirst(ci + 1) <= first) || (idx.chunkCount > 1 && cannotMatch(ci)));
 
   /** A row for the summary from the columns; undefined where a value is not in its table. */
   const light = (c: Chunk, i: number, seq: number, phase: string): TimelineRow | undefined => {
@@ -104,56 +120,64 @@ export function indexedTimeline(
     mergeOutcome(p, dec.get(seq));
   };
 
-  eachEntry(idx, from, (c, i) => {
-    const seq = c.seq[i] as number;
-    if (f.seq && seq > f.seq.to && shown.size === 0) return false;
-    const pid = c.phase[i] as number;
-    const phase = phases[pid] !== undefined && pid !== NULL_ID ? (phases[pid] as string) : dec.get(seq).phase;
-    const pair = c.pair[i] as number;
-    if (phase === "outcome" && pair >= from) {
-      const p = shown.get(pair);
-      if (p) {
-        shown.delete(pair);
-        complete(p, c, i, seq);
-        visit?.(p);
+  eachEntry(
+    idx,
+    from,
+    (c, i) => {
+      const seq = c.seq[i] as number;
+      if (f.seq && seq > f.seq.to && shown.size === 0) return false;
+      const pid = c.phase[i] as number;
+      const phase = phases[pid] !== undefined && pid !== NULL_ID ? (phases[pid] as string) : dec.get(seq).phase;
+      const pair = c.pair[i] as number;
+      if (phase === "outcome" && pair >= from) {
+        const p = shown.get(pair);
+        if (p) {
+          shown.delete(pair);
+          complete(p, c, i, seq);
+          visit?.(p);
+        }
+        return true;
       }
+      if (phase === "intent" && pair >= from) {
+        const p = shown.get(pair);
+        if (p) {
+          shown.delete(pair);
+          visit?.(p);
+        }
+      }
+      let r: TimelineRow | undefined;
+      let keep = false;
+      if (seq > after) {
+        let k = decide(c, i);
+        if (k === MAYBE) {
+          r = fromRecord(dec.get(seq));
+          k = matches(r, f) ? YES : NO;
+        }
+        keep = k === YES;
+      }
+      if (phase === "intent" && keep && (!collect || rows.length < limit)) {
+        r ??= row(c, i, seq, phase);
+        shown.set(seq, r);
+      }
+      if (!keep) return true;
+      if (f.token !== undefined) {
+        r ??= fromRecord(dec.get(seq));
+        for (const id of tokensMatched(r, f.token)) tokens.add(id);
+      }
+      if (!collect) {
+        if (phase !== "intent") visit(r ?? row(c, i, seq, phase));
+      } else if (rows.length < limit) rows.push(r ?? row(c, i, seq, phase));
+      else more++;
       return true;
-    }
-    if (phase === "intent" && pair >= from) {
-      const p = shown.get(pair);
-      if (p) {
-        shown.delete(pair);
-        visit?.(p);
-      }
-    }
-    let r: TimelineRow | undefined;
-    let keep = false;
-    if (seq > after) {
-      let k = decide(c, i);
-      if (k === MAYBE) {
-        r = fromRecord(dec.get(seq));
-        k = matches(r, f) ? YES : NO;
-      }
-      keep = k === YES;
-    }
-    if (phase === "intent" && keep && (!collect || rows.length < limit)) {
-      r ??= row(c, i, seq, phase);
-      shown.set(seq, r);
-    }
-    if (!keep) return true;
-    if (f.token !== undefined) {
-      r ??= fromRecord(dec.get(seq));
-      for (const id of tokensMatched(r, f.token)) tokens.add(id);
-    }
-    if (!collect) {
-      if (phase !== "intent") visit(r ?? row(c, i, seq, phase));
-    } else if (rows.length < limit) rows.push(r ?? row(c, i, seq, phase));
-    else more++;
-    return true;
-  });
+    },
+    skip,
+  );
   if (!collect) for (const p of shown.values()) visit(p);
   return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null, tokens };
 }
+
+/** A --trace the trace column decides: a prefix of a trace id (lower-case hex, as traceparents carry it). */
+export const TRACE_PREFIX = /^[0-9a-f]{1,32}$/;
 
 /** The characters of a glob before its first wildcard: every target it matches begins with them. */
 function literalPrefix(pattern: string): string {
@@ -167,8 +191,16 @@ function headStarts(head: string, whole: boolean, p: string): Decision {
   return p.startsWith(head) ? MAYBE : NO;
 }
 
-/** The filter as a test of the columns (timeline.ts `matches`, on what the index knows exactly; MAYBE for the rest). */
-function decider(idx: AuditIndex, f: TimelineFilter, target: string | undefined): (c: Chunk, i: number) => Decision {
+/**
+ * The filter as a test of the columns (timeline.ts `matches`, on what the index knows exactly;
+ * MAYBE for the rest), and as a test of a chunk's summary: `cannotMatch(ci)` true when every
+ * record of chunk `ci` is surely NO (one column's test rules out every id the chunk holds, or its times).
+ */
+function decider(
+  idx: AuditIndex,
+  f: TimelineFilter,
+  target: string | undefined,
+): { decide: (c: Chunk, i: number) => Decision; cannotMatch: (ci: number) => boolean } {
   const d = idx.dicts;
   const persona = f.persona && memo(d.persona, f.persona);
   const op = f.op && memo(d.op, f.op);
@@ -177,11 +209,11 @@ function decider(idx: AuditIndex, f: TimelineFilter, target: string | undefined)
   // A glob ending in /** also matches the bare prefix: its literal part is the shorter one.
   const lit = target === undefined ? "" : literalPrefix(glob && target.endsWith("/**") ? target.slice(0, -3) : target);
   const targetSeen = new Map<number, Decision>();
-  const targetOf = (c: Chunk, i: number): Decision => {
-    const id = c.scope[i] as number;
+  const targetOf = (c: Chunk, i: number): Decision =>
+    targetId(c.scope[i] as number, ((c.flags[i] as number) & FLAG_WHOLE_TARGET) !== 0);
+  const targetId = (id: number, whole: boolean): Decision => {
     if (id === NULL_ID) return NO;
     if (id === UNKNOWN) return MAYBE;
-    const whole = ((c.flags[i] as number) & FLAG_WHOLE_TARGET) !== 0;
     const key = id * 2 + (whole ? 1 : 0);
     let k = targetSeen.get(key);
     if (k === undefined) {
@@ -196,7 +228,34 @@ function decider(idx: AuditIndex, f: TimelineFilter, target: string | undefined)
   const t = f.token;
   const tokenList = t !== undefined ? memo(d.tokens, (s) => s !== "" && s.split(",").some((x) => x.startsWith(t))) : undefined;
   const about = `token://${t}`;
-  return (c, i) => {
+  // --trace: its first 8 digits against the column (exact for a prefix of 8 or fewer; a longer one is decoded when they agree).
+  const tr = f.trace;
+  const trLen = tr !== undefined ? Math.min(tr.length, 8) : 0;
+  const trHead = tr !== undefined ? Number.parseInt(tr.slice(0, trLen), 16) : 0;
+  const trShift = 32 - 4 * trLen;
+  // The column tests a chunk's summary is held against (the same tests as below, per id), made at the first chunk asked about.
+  let chunkTests: [SummaryCol, Uint8Array][] | undefined;
+  const cannotMatch = (ci: number): boolean => {
+    const s = idx.summary(ci);
+    if (f.since !== undefined && s.maxStart < f.since) return true;
+    if (f.until !== undefined && s.minStart > f.until) return true;
+    if (!chunkTests) {
+      chunkTests = [];
+      if (persona) chunkTests.push(["persona", bitsOf(d.persona, persona)]);
+      if (op) chunkTests.push(["op", bitsOf(d.op, (id) => (id === NULL_ID ? NO : op(id)))]);
+      if (target !== undefined) {
+        const t = (id: number) => {
+          const a = targetId(id, true);
+          return a !== NO ? a : targetId(id, false);
+        };
+        chunkTests.push(["scope", bitsOf(d.scope, t)]);
+      }
+      if (sess) chunkTests.push(["session", bitsOf(d.session, sess)]);
+    }
+    for (const [col, bits] of chunkTests) if (!mayHold(s, col, bits)) return true;
+    return false;
+  };
+  const decide = (c: Chunk, i: number): Decision => {
     let maybe = false;
     const seq = c.seq[i] as number;
     if (f.seq && (seq < f.seq.from || seq > f.seq.to)) return NO;
@@ -225,6 +284,14 @@ function decider(idx: AuditIndex, f: TimelineFilter, target: string | undefined)
       if (k === NO) return NO;
       if (k === MAYBE) maybe = true;
     }
+    if (tr !== undefined) {
+      const fl = c.flags[i] as number;
+      if ((fl & FLAG_TRACE) !== 0) {
+        if ((c.trace[i] as number) >>> trShift !== trHead) return NO;
+        if (tr.length > 8) maybe = true;
+      } else if ((fl & FLAG_TRACE_ODD) !== 0) maybe = true;
+      else return NO; // no traceparent
+    }
     if (tokenList && t !== undefined) {
       const id = c.tokens[i] as number;
       const k = id === NULL_ID ? NO : tokenList(id);
@@ -245,4 +312,5 @@ function decider(idx: AuditIndex, f: TimelineFilter, target: string | undefined)
     }
     return maybe ? MAYBE : YES;
   };
+  return { decide, cannotMatch };
 }

@@ -23,7 +23,7 @@ import type { QueryFilter } from "../audit/index-query.js";
 import { queryRecords } from "../audit/index-query.js";
 import { IndexStaleError } from "../audit/index-read.js";
 import { AuditIndex, indexDir, sweepIndexes } from "../audit/index-store.js";
-import { indexedTimeline } from "../audit/index-timeline.js";
+import { indexedTimeline, TRACE_PREFIX } from "../audit/index-timeline.js";
 import { journalNote } from "../audit/journal-note.js";
 import { printable } from "../audit/printable.js";
 import { prunedNote } from "../audit/pruned-note.js";
@@ -479,7 +479,8 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
       f.tokenSet = derivedTokens(reader, f.token as string);
       delete f.token;
     }
-    const idx = f.trace === undefined && f.tokenSet === undefined ? sideIndex(reader, home, v) : undefined;
+    const idx =
+      f.tokenSet === undefined && (f.trace === undefined || TRACE_PREFIX.test(f.trace)) ? sideIndex(reader, home, v) : undefined;
     const target = v.target as string | undefined;
     // `visitor` makes the summary's counter afresh for each try (a stale index's is answered again by the scan).
     const walk = (visitor?: () => (row: TimelineRow) => void, lim = limit) =>
