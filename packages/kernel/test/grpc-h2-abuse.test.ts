@@ -256,6 +256,31 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
     });
   });
 
+  it("an HPACK bomb in a stream's trailers (SETTINGS never acknowledged) closes its connection as one in its headers does; others served", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const c = await grpcAdmin(t, address);
+      try {
+        const bomb = await rawH2(address, false);
+        await until(() => bomb.settings.size > 0, 30_000, "the kernel's SETTINGS");
+        // Headers within the bound (END_HEADERS, the stream open), then trailers (END_STREAM | END_HEADERS):
+        // a 4 KiB table entry and 19 one-byte references to it, ~80 KiB decoded.
+        const refs = Array.from({ length: 19 }, () => hpackInt(62, 7, 0x80));
+        const trailers = Buffer.concat([literal("x-big", "a".repeat(4000), 0x40), ...refs]);
+        bomb.raw.write(Buffer.concat([headerFrames(1, callBlock()), frame(HEADERS, 0x5, 1, trailers)]));
+        await until(() => bomb.closed(), 30_000, "the kernel to close the connection");
+        assert.ok(
+          bomb.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM),
+          `GOAWAY ENHANCE_YOUR_CALM, got ${JSON.stringify(bomb.got)}`,
+        );
+        assert.deepEqual(await refusedStreams(t), { headers: 1 });
+        assert.equal((await c.system.health()).status, "ok");
+      } finally {
+        await c.close();
+      }
+    });
+  });
+
   it("a header list over the bound is charged to the peer's stream rate: with a rate of 1 a second, the bomber's next connection is closed as it arrives", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
       const address = t.k.grpcAddress as string;

@@ -142,6 +142,37 @@ describe("PersonaRoots and one tree's registry changes", () => {
   });
 });
 
+describe("PersonaRoots' bound", () => {
+  it("one tree naming ever new agents past the cache's bound does not evict another tree's roots: it replaces its own oldest", () => {
+    const asked: string[] = [];
+    const registry = new Map<string, string | null>([
+      ["alice", null],
+      ["bob", null],
+      ["team/carol", null],
+    ]);
+    const roots = new PersonaRoots((id) => {
+      asked.push(id);
+      return registry.get(id);
+    }, "admin");
+    const others = ["bob", "bob/helper", "bob/agent.w1", "team/carol", "team/carol/agent.w1"];
+    for (const p of others) roots.of(p);
+    asked.length = 0;
+    // alice's agents (or sub-persona ids) come and go: each is one more persona to find a root for.
+    for (let i = 0; i < 25_000; i++) assert.equal(roots.of(`alice/agent.a${i}`), "alice");
+    asked.length = 0;
+    for (const p of others) roots.of(p);
+    assert.deepEqual(asked, [], "no other tree's root was forgotten");
+    // alice holds its share, no more, and the index by id forgets what the cache forgot.
+    const under = (roots as unknown as { under: Map<string, Set<string>> }).under;
+    assert.ok((under.get("alice")?.size ?? 0) <= 2_500, String(under.get("alice")?.size));
+    assert.ok(under.size <= 2_500 + 1 + others.length + 1, String(under.size));
+    roots.of("alice/agent.a24999");
+    assert.deepEqual(asked, [], "alice's newest are kept");
+    roots.of("alice/agent.a0");
+    assert.deepEqual(asked, ["alice"], "alice's oldest went");
+  });
+});
+
 describe("limitsOver / countAtLimit", () => {
   const grant = { subject: "alice", limits: { concurrent: 2 } } as unknown as Parameters<typeof limitsOver>[1];
   const bounds: Bound[] = [

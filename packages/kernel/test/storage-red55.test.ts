@@ -91,4 +91,28 @@ describe("storage compare-and-set refusals say no more than the caller may see (
       assert.equal(await over("obj://ws2/s1"), await over("obj://ws2/s2"));
     });
   });
+
+  it("a persona's own storage.bytes refusal of a write over its sub-persona's object does not tell that object's size when it may not stat it", async () => {
+    await withKernel({}, async (t) => {
+      // The parent may write (a drop box over its tree's objects) but not stat; its limit is over its own tree.
+      const parent = await t.persona("par", [{ ops: ["storage.write", "storage.upload.*"], targets: ["obj://ws3/**"] }], {
+        limits: { "storage.bytes": 500_000 },
+      });
+      const child = await t.persona("par/c", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const c = await t.connect(child.identity, [parent.token]);
+      await c.storage.write("obj://ws3/s1", new Uint8Array(1_000));
+      await c.storage.write("obj://ws3/s2", new Uint8Array(200_000));
+      const p = await t.connect(parent.identity, [parent.token]);
+      const own = async (target: string) => {
+        const e = await p.call("storage.upload.begin", target, { size: 499_000 }).then(
+          () => assert.fail("past its storage.bytes"),
+          (x: unknown) => x as Error,
+        );
+        assert.match(e.message, /storage\.bytes exceeded for par: \d+ used \+ \d+ > limit 500000/);
+        return e.message.replaceAll(target, "<target>");
+      };
+      // Its usage (its tree's, which it may query) is told; what the change adds (the new cost less the replaced object's) is not.
+      assert.equal(await own("obj://ws3/s1"), await own("obj://ws3/s2"));
+    });
+  });
 });

@@ -48,4 +48,35 @@ describe("TreeSharedFifo (the verified-token cache's and the derived tokens' bou
       ["a2", "b1"],
     );
   });
+
+  it("adding a key already held replaces it: its weight is counted once, in its new tree only", () => {
+    const f = new TreeSharedFifo<string>(4, 10, 2); // 2 entries and 5 of weight a tree
+    f.add("k", "old", "t1", 3);
+    f.add("k", "new", "t2", 4);
+    assert.deepEqual([f.size, f.weight, f.get("k")], [1, 4, "new"]);
+    f.add("k", "newer", "t2", 4); // counted twice, t2's 8 would pass its share of 5 and push "k" out
+    assert.deepEqual([f.size, f.weight, f.get("k")], [1, 4, "newer"]);
+    // t1 holds nothing any more: its share is whole.
+    f.add("a", "x", "t1", 5);
+    assert.equal(f.get("k"), "newer");
+    assert.equal(f.delete("k"), true);
+    assert.equal(f.delete("a"), true);
+    assert.deepEqual([f.size, f.weight], [0, 0]);
+    const byTree = (f as unknown as { byTree: Map<string, unknown> }).byTree;
+    assert.equal(byTree.size, 0, "no tree's bookkeeping outlives its entries");
+  });
+
+  it("tells what it forgets to make room, not what is deleted or replaced", () => {
+    const told: string[] = [];
+    const f = new TreeSharedFifo<number>(3, Number.POSITIVE_INFINITY, 1, (k, v) => told.push(`${k}=${v}`));
+    f.add("a", 1, "t", 1);
+    f.add("a", 2, "t", 1);
+    f.add("b", 3, "t", 1);
+    f.delete("b");
+    f.add("c", 4, "t", 1);
+    f.add("d", 5, "t", 1);
+    assert.deepEqual(told, []);
+    f.add("e", 6, "t", 1);
+    assert.deepEqual(told, ["a=2"]);
+  });
 });

@@ -28,6 +28,7 @@ import {
   type GatewayLoad,
   HostBudget,
   type HostLoad,
+  monotonicMs,
   RefusalBucket,
   RefusalRate,
 } from "./host-budget.js";
@@ -86,8 +87,9 @@ export interface GatewayOptions {
    */
   maxSubscriptionsPerHost?: number;
   /**
-   * The clock refusal rates are measured on, in ms (default `Date.now`): a test steps its own, so
-   * what it asserts of a rate does not depend on how fast the machine runs.
+   * The clock refusal rates are measured on, in ms (default monotonic: `performance.now`, which no
+   * step of the wall clock moves): a test steps its own, so what it asserts of a rate does not
+   * depend on how fast the machine runs.
    */
   clock?: () => number;
 }
@@ -224,7 +226,7 @@ export class McpGateway {
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
     this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
-    this.clock = opts.clock ?? Date.now;
+    this.clock = opts.clock ?? monotonicMs;
     this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS), this.clock);
     this.watches = new ResourceWatches(
       client,

@@ -225,6 +225,13 @@ export const DEFAULT_TOTAL_REFUSALS = 10;
 /** A host session refused by the kernel within this long shares the gateway's refusal rate. */
 const REFUSED_LATELY_MS = 60_000;
 
+/**
+ * The refusal rates' default clock, in ms: monotonic (performance.now), so a wall clock stepped
+ * (NTP, `date -s`, a VM resumed) moves no bucket and no "refused lately". A clock given instead
+ * (a test's) may still step back: the buckets take that as no time passed.
+ */
+export const monotonicMs = (): number => performance.now();
+
 /** A token bucket of refusals: `rate` a second, bursts of 5 × rate; calls in flight hold a place. */
 export class RefusalBucket {
   private tokens: number;
@@ -233,7 +240,7 @@ export class RefusalBucket {
 
   constructor(
     readonly rate: number,
-    private readonly clock: () => number = Date.now,
+    private readonly clock: () => number = monotonicMs,
   ) {
     this.tokens = 5 * rate;
     this.at = clock();
@@ -293,7 +300,7 @@ export class RefusalRate {
   constructor(
     perSession: number,
     private readonly total: RefusalBucket,
-    private readonly clock: () => number = Date.now,
+    private readonly clock: () => number = monotonicMs,
   ) {
     this.own = new RefusalBucket(perSession, clock);
     // Opened while hosts are being refused: shares the total from the start, so a host cannot

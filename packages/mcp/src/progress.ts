@@ -27,12 +27,19 @@ export class CoalescedProgress {
     this.newest = n;
     if (this.waiting) return;
     this.waiting = true;
-    void o.ready().then(() => {
-      this.waiting = false;
-      const m = this.newest;
-      this.newest = undefined;
-      if (m && !this.ended) return this.notify(m);
-    });
+    o.ready()
+      .then(() => {
+        this.waiting = false;
+        const m = this.newest;
+        this.newest = undefined;
+        if (m && !this.ended) return this.notify(m);
+      })
+      // No caller awaits this send: a transport that fails now (the host gone) would be an
+      // unhandled rejection, which ends the gateway and every host's session. The notice is lost,
+      // as the call's answer will be.
+      .catch(() => {
+        this.waiting = false;
+      });
   }
 
   /** The call has answered: a notice still waiting is stale, and is dropped. */

@@ -1232,6 +1232,25 @@ describe("a host session's refusal rate", () => {
     assert.equal(a.refused + b.refused, 2);
   });
 
+  it("by default the refusal rates are on a monotonic clock: a wall clock stepped an hour ahead refills no bucket", async () => {
+    const realNow = Date.now;
+    // The wall clock, as the buckets would read it (a default of Date.now is read at their construction).
+    let wall = realNow();
+    Date.now = () => wall;
+    try {
+      // A fifth of a refusal a second (bursts of 1), drawn down to its floor (-1): ten seconds from room again.
+      const host = new RefusalRate(0.2, new RefusalBucket(10));
+      for (let i = 0; i < 3; i++) host.note();
+      const refused = () => Promise.resolve("refused");
+      assert.equal((await mcpError(host.run(refused, () => true))).code, HOST_BUSY);
+      // NTP, `date -s`, a VM resumed: the wall clock an hour ahead (the buckets on Date.now: full again).
+      wall += 3_600_000;
+      assert.equal((await mcpError(host.run(refused, () => true))).code, HOST_BUSY, "its bucket is as it was");
+    } finally {
+      Date.now = realNow;
+    }
+  });
+
   it("a wall clock stepped back is no time passed, never a debt: a host session's calls go on (not HOST_BUSY for the step's length)", async () => {
     let now = 3_600_000;
     const clock = () => now;
@@ -1322,6 +1341,41 @@ describe("a call's progress notices", () => {
     await p.notify(notice(8));
     await new Promise((r) => setImmediate(r));
     assert.equal(sent.length, 2, "nothing after the call answered");
+  });
+
+  it("a send that fails once the blocked stream is read again (the host gone) is no unhandled rejection: the gateway goes on", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      let blocked = true;
+      let wake = () => {};
+      const outlet = {
+        blocked: () => blocked,
+        ready: () =>
+          new Promise<void>((r) => {
+            wake = r;
+          }),
+      };
+      let tried = 0;
+      const p = new CoalescedProgress(
+        async () => {
+          tried++;
+          throw new Error("Not connected");
+        },
+        () => outlet,
+      );
+      await p.notify({ method: "notifications/progress", params: { progressToken: "t", progress: 1 } });
+      blocked = false;
+      wake();
+      await until(() => tried === 1, 10_000, "the delayed send tried");
+      // An unhandled rejection is reported after the microtasks of the turn it was made in.
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
   });
 });
 

@@ -330,6 +330,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // Uploads the previous kernel was killed with: their partial files are gone with this start, and
     // nothing else would end them on the record (an upload lives in memory only). A partial file
     // with no note is an ended upload's (on the record already) that a failing disk kept: logged only.
+    if (blobs.refusedAtStart)
+      log.warn(
+        { files: blobs.refusedAtStart },
+        "the file system refused to remove files a run left (partial files, upload notes): left; notes are tried again, the rest at the next start",
+      );
     if (blobs.endedUploadFiles)
       log.info({ files: blobs.endedUploadFiles }, "removed partial files of uploads already ended (their removal had failed)");
     // After a clean stop (its last record kernel.stop), a live upload left was one whose commit ran

@@ -101,7 +101,10 @@ export class ResourceLedger {
               "storage.bytes",
               scope,
               persona,
-              `${used} used + ${delta} > limit ${limit}${ROW_NOTE}`,
+              // Its usage is its own tree's (which it may query); not `delta`, the new cost less the
+              // replaced object's, whose size a persona that may write but not stat it (its
+              // sub-persona's) would read off it. `used + now` passes the limit whenever `used + delta` does.
+              `${used} used + ${now} > limit ${limit}${ROW_NOTE}`,
               // Not `delta`: over a sibling's object that is the new cost less its size (case 681).
               `an object costing ${now} bytes would pass its limit ${limit}${ROW_NOTE}`,
             ),

@@ -1,5 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
+import { TreeSharedFifo } from "../auth/tree-shared-fifo.js";
 import type { PersonaStore, TokenBound, TokenStore } from "../store/types.js";
 
 /**
@@ -27,8 +28,14 @@ export function firstSegment(persona: string): string {
 /** Where a persona's registration comes from: its registrar, null for the kernel or an operator, undefined when not registered. */
 export type RegistrarOf = (id: string) => string | null | undefined;
 
-/** Roots remembered at most: past this the cache starts again (each is one indexed read per level to find). */
+/** Roots remembered at most (each is one indexed read per level to find): past this the oldest go. */
 const ROOTS_KEPT = 10_000;
+/**
+ * The share of {@link ROOTS_KEPT} one tree's personas may hold (a quarter, as the verified-token
+ * cache's): a tree naming ever new agents or sub-personas replaces its own oldest roots, not
+ * every other tree's (the cache once started again whole when full).
+ */
+const ROOTS_TREE_SHARE = 4;
 
 /**
  * The top of each persona's tree, which the kernel-wide per-persona bounds count (processes,
@@ -47,7 +54,10 @@ const ROOTS_KEPT = 10_000;
  * roots of the personas at or under the changed id.
  */
 export class PersonaRoots {
-  private readonly cache = new Map<string, string>();
+  /** Each persona's root, by the root's tree: what the bound forgets leaves the index {@link under} too. */
+  private readonly cache = new TreeSharedFifo<string>(ROOTS_KEPT, Number.POSITIVE_INFINITY, ROOTS_TREE_SHARE, (p) =>
+    this.unindex(p),
+  );
 
   constructor(
     private readonly registrarOf: RegistrarOf,
@@ -65,8 +75,7 @@ export class PersonaRoots {
     let r = this.cache.get(persona);
     if (r === undefined) {
       r = this.find(persona);
-      if (this.cache.size >= ROOTS_KEPT) this.clear();
-      this.cache.set(persona, r);
+      this.cache.add(persona, r, r, 1);
       forEachInLineage(persona, (p) => {
         let s = this.under.get(p);
         if (s === undefined) {
@@ -104,13 +113,18 @@ export class PersonaRoots {
     this.under.delete(id);
     for (const p of gone) {
       this.cache.delete(p);
-      forEachInLineage(p, (q) => {
-        const s = this.under.get(q);
-        if (s === undefined) return;
-        s.delete(p);
-        if (s.size === 0) this.under.delete(q);
-      });
+      this.unindex(p);
     }
+  }
+
+  /** Takes `p` out of the index by the ids above it. */
+  private unindex(p: string): void {
+    forEachInLineage(p, (q) => {
+      const s = this.under.get(q);
+      if (s === undefined) return;
+      s.delete(p);
+      if (s.size === 0) this.under.delete(q);
+    });
   }
 
   private find(persona: string): string {

@@ -123,11 +123,32 @@ export class BlobStore {
     const left = leftUploads(this.tmpDir, names, this.notesDir, noteNames, ended);
     this.leftUploads = left.live;
     this.endedUploadFiles = left.ended;
-    for (const name of names) unlinkQuiet(join(this.tmpDir, name));
-    for (const name of noteNames) unlinkQuiet(join(this.notesDir, name));
-    // Every note is gone (a refusal threw above): so is what the marks told of them.
-    if (ended.size) opts.endedNotes?.clear();
+    // What the file system refuses to remove (EIO) is left, and the start goes on: a kernel that
+    // cannot start is everyone's loss, for a few files. A partial file left is garbage the next
+    // start removes again (one with no note reads as an ended upload's).
+    let refused = 0;
+    for (const name of names) if (unlinkRefused(join(this.tmpDir, name))) refused++;
+    const notesKept: string[] = [];
+    for (const name of noteNames) if (unlinkRefused(join(this.notesDir, name))) notesKept.push(name);
+    this.refusedAtStart = refused + notesKept.length;
+    // A note left is of an upload ended by now (by a run before, or on the record by this start,
+    // as leftUploads): marked so, as removeNote marks one an upload's end could not remove, and
+    // tried again with those. The marks of the notes gone go with them.
+    if (ended.size || notesKept.length) {
+      try {
+        opts.endedNotes?.clear();
+        for (const id of notesKept) {
+          opts.endedNotes?.mark(id);
+          if (this.notesLeft.size < LEFT_UPLOADS_MAX) this.notesLeft.add(id);
+        }
+      } catch {
+        // The database fails too: a note left is read as live again, and ended again, at the next start.
+      }
+    }
   }
+
+  /** Files this start's clean-up of `tmp/` and `uploads/` could not remove (the file system refused): left. */
+  readonly refusedAtStart: number;
 
   /** Notes of whose each upload in progress is (`uploads/<id>`), read by the start after a kill. */
   private readonly notesDir: string;
@@ -596,6 +617,16 @@ function privateDir(path: string): void {
  */
 export function closeQuiet(fd: number): void {
   close(fd, () => {});
+}
+
+/** Removes `path`; true when the file system refused (an error other than its absence): the file stays. */
+function unlinkRefused(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== "ENOENT";
+  }
 }
 
 export function unlinkQuiet(path: string): boolean {

@@ -336,7 +336,7 @@ export class GrpcListener {
 
   /**
    * Looks at each stream's headers before grpc-js does, in this order:
-   * - a header list over GRPC_MAX_HEADER_LIST_BYTES closes the connection (GOAWAY
+   * - a header list (or a stream's trailers) over GRPC_MAX_HEADER_LIST_BYTES closes the connection (GOAWAY
    *   ENHANCE_YOUR_CALM) and is charged to the peer's stream rate as a connection's worth of
    *   refused streams: a peer that never acknowledges the kernel's SETTINGS is not held to
    *   them by Node, and closing stops the rest of what it sent from being decoded;
@@ -376,6 +376,15 @@ export class GrpcListener {
             this.onStreamRefused?.(peer, "headers", true, 1);
             return;
           }
+          // Trailers are a header list too, as unbounded by Node while the SETTINGS are not
+          // acknowledged (~30 bytes of HPACK references decode to ~130 KB a stream): the same bound.
+          stream.on("trailers", (trailers: IncomingHttpHeaders, _flags: number, rawTrailers: unknown) => {
+            if (headerListBytes(rawTrailers, trailers) <= GRPC_MAX_HEADER_LIST_BYTES) return;
+            stream.on("error", () => {});
+            if (session) closeCalm(session);
+            this.chargeStreams(key, address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1);
+            this.onStreamRefused?.(peer, "headers", true, 1);
+          });
           if (!this.takeStream(key, address)) {
             // A trailers-only status, then RST_STREAM NO_ERROR: closing with an error code made Node
             // build (and format the stack of) an Error per stream, most of a refusal's cost.
