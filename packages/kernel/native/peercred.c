@@ -176,7 +176,14 @@ static napi_value tcp_owner(napi_env env, napi_callback_info info) {
     if (n > 0 && NLMSG_OK(h, (size_t)n)) {
       if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY && h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
         struct inet_diag_msg *r = NLMSG_DATA(h);
-        answer = (r->idiag_inode == 0 || r->idiag_state == TCP_TIME_WAIT) ? -1 : (long)r->idiag_uid;
+        // Linux's look-up falls back to a listener bound at the peer's address and port when no
+        // connection has the 4-tuple (the peer's end already gone): that is another socket, whose
+        // owner may be any local user. Only the connection asked for is an answer.
+        if (r->idiag_state == TCP_LISTEN || r->id.idiag_sport != msg.req.id.idiag_sport ||
+            r->id.idiag_dport != msg.req.id.idiag_dport)
+          answer = -3;
+        else
+          answer = (r->idiag_inode == 0 || r->idiag_state == TCP_TIME_WAIT) ? -1 : (long)r->idiag_uid;
       } else if (h->nlmsg_type == NLMSG_ERROR) {
         answer = -3;
       }

@@ -9,7 +9,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { serializeIdentity } from "@kpip/protocol";
 import { runProcess } from "@kpip/protocol/testing";
-import { peerReader } from "../src/transport/peer-process.js";
+import { loopbackOwnerReader, peerReader } from "../src/transport/peer-process.js";
 import { python } from "./conformance/python.js";
 import { REPO_ROOT, until, withKernel } from "./harness.js";
 import { allAudit } from "./wire.js";
@@ -260,6 +260,31 @@ describe("the peer process is read at the first HELLO, not at accept", () => {
     } finally {
       addon.peer = peer;
       for (const s of raw) s.destroy();
+    }
+  });
+});
+
+describe("a loopback TCP peer's owner (sock_diag)", () => {
+  it("a connection no longer there, whose peer address and port a listener holds, names no user: the look-up's fallback to that listener is not its owner", {
+    skip: !linux || loopbackOwnerReader().reason !== undefined,
+  }, async () => {
+    const { read } = loopbackOwnerReader();
+    const srv = net.createServer((s) => s.destroy());
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    try {
+      const port = (srv.address() as net.AddressInfo).port;
+      // A live connection: its owner is this process's user.
+      const c = net.connect(port, "127.0.0.1");
+      await new Promise<void>((r) => c.once("connect", () => r()));
+      const live = { remoteAddress: c.localAddress, remotePort: c.localPort, localAddress: "127.0.0.1", localPort: port };
+      assert.equal(read(live as net.Socket), process.getuid?.());
+      c.destroy();
+      // No connection has this 4-tuple; Linux's look-up then answers with the listener at the
+      // "peer's" address and port, owned by whoever listens there (here: this process's user).
+      const gone = { remoteAddress: "127.0.0.1", remotePort: port, localAddress: "127.0.0.1", localPort: 1 };
+      assert.equal(typeof read(gone as net.Socket), "string");
+    } finally {
+      srv.close();
     }
   });
 });

@@ -491,9 +491,14 @@ export class AgentManager {
    * back (hidden from attestation and expulsion until stored: storeKept).
    */
   private removeRegistrations(persona: string, since?: number): { removed: string[]; tokens: string[] } {
-    const roots = registrationsOf(this.store, persona).filter(
-      (r) =>
-        since === undefined || this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
+    // Judged in the cascade, not after it: what a persona the id's new holder registered since
+    // registered in turn is that holder's too (case 980).
+    const roots = registrationsOf(
+      this.store,
+      persona,
+      since === undefined
+        ? undefined
+        : (r) => this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
     );
     if (roots.length === 0) return { removed: [], tokens: [] };
     const tokens = tokensOfRemoved(this.store, [], roots);

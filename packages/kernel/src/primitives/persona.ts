@@ -61,8 +61,16 @@ export function removePersonaTree(
  * agent's key (AgentManager), as a removed persona's registrations are. Never the agent's own
  * id (its end removes its key), nor the ids under it.
  */
-export function registrationsOf(store: PersonaStore, id: string): string[] {
-  return registrations(store, id, undefined);
+export function registrationsOf(
+  store: PersonaStore,
+  id: string,
+  /**
+   * Whether a persona found is the agent's to remove (false: another holder's, registered since):
+   * judged as the cascade goes, so what one left out registered in turn is left out too.
+   */
+  keep?: (registered: string) => boolean,
+): string[] {
+  return registrations(store, id, undefined, keep);
 }
 
 /**
@@ -126,13 +134,19 @@ export function tokensOfRemoved(store: TokenStore, whole: string[], alone: strin
  * `actor` or a persona above it. Bounded: a tree registers at most maxRegisteredPersonas; one
  * indexed read per persona found.
  */
-function registrations(store: PersonaStore, id: string, actor: string | undefined): string[] {
+function registrations(
+  store: PersonaStore,
+  id: string,
+  actor: string | undefined,
+  keep?: (registered: string) => boolean,
+): string[] {
   const taken = new Set<string>();
   const found: string[] = [];
   const follow = (registered: string[]) => {
     for (const r of registered) {
       if (taken.has(r) || personaWithin(r, id) || (actor !== undefined && personaWithin(actor, r))) continue;
       taken.add(r);
+      if (keep !== undefined && !keep(r)) continue;
       found.push(r);
     }
   };
