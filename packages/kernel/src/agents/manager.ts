@@ -492,7 +492,7 @@ export class AgentManager {
    */
   private removeRegistrations(persona: string, since?: number): { removed: string[]; tokens: string[] } {
     // Judged in the cascade, not after it: what a persona the id's new holder registered since
-    // registered in turn is that holder's too (case 980).
+    // registered in turn is that holder's too (case 738).
     const roots = registrationsOf(
       this.store,
       persona,
