@@ -281,10 +281,16 @@ export const personaCommand: Command = {
             store.withJournal(
               (r) => journal("persona.remove", `persona://${pid}`, removalMessage(r.removed, ended)),
               () =>
-                removePersonaTree(store, pid, (tokens) => {
-                  for (const t of tokens) store.revokeToken(t, "kpip persona remove", Date.now());
-                  ended.push(...tokens);
-                }),
+                removePersonaTree(
+                  store,
+                  pid,
+                  (tokens) => {
+                    for (const t of tokens) store.revokeToken(t, "kpip persona remove", Date.now());
+                    ended.push(...tokens);
+                  },
+                  undefined,
+                  cfg.adminPersona,
+                ),
             );
             return { ok: true };
           },

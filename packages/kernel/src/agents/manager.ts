@@ -499,6 +499,7 @@ export class AgentManager {
       since === undefined
         ? undefined
         : (r) => this.store.registrarOf(r) !== persona || (this.store.getPersona(r)?.createdAt ?? since) < since,
+      this.opts.adminPersona,
     );
     if (roots.length === 0) return { removed: [], tokens: [] };
     const tokens = tokensOfRemoved(this.store, [], roots);

@@ -51,8 +51,10 @@ export function removePersonaTree(
   revoke: (tokenIds: string[]) => void,
   /** The persona asking (none: the operator): it and the personas above it are never removed with `id`. */
   actor?: string,
+  /** The kernel's admin persona: never removed with `id` either, nor a persona above it (removalRefusal guards `id` alone). */
+  admin?: string,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
-  return removeTrees(store, [id], registrations(store, id, actor), revoke);
+  return removeTrees(store, [id], registrations(store, id, [actor, admin]), revoke);
 }
 
 /**
@@ -68,9 +70,11 @@ export function registrationsOf(
    * Whether a persona found is the agent's to remove (false: another holder's, registered since):
    * judged as the cascade goes, so what one left out registered in turn is left out too.
    */
-  keep?: (registered: string) => boolean,
+  keep: ((registered: string) => boolean) | undefined,
+  /** The kernel's admin persona: never removed with the agent's registrations, nor a persona above it. */
+  admin: string | undefined,
 ): string[] {
-  return registrations(store, id, undefined, keep);
+  return registrations(store, id, [admin], keep);
 }
 
 /**
@@ -131,20 +135,22 @@ export function tokensOfRemoved(store: TokenStore, whole: string[], alone: strin
  * Each alone, never the ids under it: where no persona holds an id above the registrar (case
  * 259's `team/alice` without `team`), it may register an id above itself, whose subtree holds
  * personas others registered (docs/architecture.md). Never a persona in the tree `id`, nor
- * `actor` or a persona above it. Bounded: a tree registers at most maxRegisteredPersonas; one
+ * one of `spared` (the one asking, the admin persona) or a persona above one. Bounded: a tree registers at most maxRegisteredPersonas; one
  * indexed read per persona found.
  */
 function registrations(
   store: PersonaStore,
   id: string,
-  actor: string | undefined,
+  /** Personas never removed, nor one above them: the one asking, the admin. */
+  spared: readonly (string | undefined)[],
   keep?: (registered: string) => boolean,
 ): string[] {
+  const kept = spared.filter((p): p is string => p !== undefined);
   const taken = new Set<string>();
   const found: string[] = [];
   const follow = (registered: string[]) => {
     for (const r of registered) {
-      if (taken.has(r) || personaWithin(r, id) || (actor !== undefined && personaWithin(actor, r))) continue;
+      if (taken.has(r) || personaWithin(r, id) || kept.some((p) => personaWithin(p, r))) continue;
       taken.add(r);
       if (keep !== undefined && !keep(r)) continue;
       found.push(r);
@@ -262,6 +268,7 @@ export function personaFamily(
                 revoked.push(...tokens);
               },
               ctx.persona,
+              host.admin,
             );
             const sessionsEnded = host.registryChanged();
             return {
