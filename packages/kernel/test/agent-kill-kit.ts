@@ -77,3 +77,28 @@ export async function allocatingAgent(
   );
   return { ann, c, a, agent, report, usage };
 }
+
+/**
+ * `spawner` (allowed agent.* and system.health), connected, and its agent `name` running `sleep
+ * 600` with system.health; resolves once the kernel's clock has passed the spawn's millisecond (a
+ * registration made after it is later than the agent's own).
+ */
+export async function sleepingAgent(
+  t: TestKernel,
+  spawner: string,
+  name: string,
+): Promise<{ c: KernelClient; a: Awaited<ReturnType<KernelClient["agents"]["spawn"]>>; agentPersona: string }> {
+  const p = await t.persona(spawner, [
+    { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+    { ops: ["system.health"], targets: ["kernel://"] },
+  ]);
+  const c = await t.connect(p.identity, [p.token]);
+  const a = await c.agents.spawn("sh", name, {
+    args: ["-c", "sleep 600"],
+    rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+    lifetimeMs: 600_000,
+  });
+  const spawnedAt = Date.now();
+  await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+  return { c, a, agentPersona: a.persona as string };
+}

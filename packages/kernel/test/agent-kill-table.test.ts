@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
 import { HOME_FILES, removePersonaTree, SqliteStore } from "../src/index.js";
-import { sigkillHolder } from "./agent-kill-kit.js";
+import { sigkillHolder, sleepingAgent } from "./agent-kill-kit.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 // The process table's kill (the expulsion's: processes a removed persona started) killed an agent
@@ -19,19 +19,7 @@ describe("an agent killed through the process table", () => {
     // A process slow to die: the SIGKILLs are held until the test lets them through.
     const { held, hold, release } = sigkillHolder();
     try {
-      const gil = await t.persona("gil", [
-        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
-        { ops: ["system.health"], targets: ["kernel://"] },
-      ]);
-      const c = await t.connect(gil.identity, [gil.token]);
-      const a = await c.agents.spawn("sh", "k1", {
-        args: ["-c", "sleep 600"],
-        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-        lifetimeMs: 600_000,
-      });
-      const agentPersona = a.persona as string;
-      const spawnedAt = Date.now();
-      await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+      const { a, agentPersona } = await sleepingAgent(t, "gil", "k1");
       // The kernel takes offline changes in at its tick: none comes until the test asks.
       (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
       // As `kpip persona remove gil` revoking nothing, then other holders registering gil and the agent's id.
@@ -74,19 +62,7 @@ describe("an agent killed through the process table", () => {
     const t = await startKernel();
     const { held, hold, release } = sigkillHolder();
     try {
-      const gil = await t.persona("gil", [
-        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
-        { ops: ["system.health"], targets: ["kernel://"] },
-      ]);
-      const c = await t.connect(gil.identity, [gil.token]);
-      const a = await c.agents.spawn("sh", "k2", {
-        args: ["-c", "sleep 600"],
-        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-        lifetimeMs: 600_000,
-      });
-      const agentPersona = a.persona as string;
-      const spawnedAt = Date.now();
-      await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+      const { a, agentPersona } = await sleepingAgent(t, "gil", "k2");
       (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
       // As case 687's: gil removed beside the kernel, then gil and the agent's id registered again by other holders.
       const other = generateIdentity(agentPersona);

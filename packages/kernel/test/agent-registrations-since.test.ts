@@ -7,6 +7,7 @@ import { describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
+import { sleepingAgent } from "./agent-kill-kit.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 /** The registered persona ids of a home, read beside the kernel. */
@@ -23,19 +24,7 @@ describe("an agent's end after its id was registered again", () => {
   it("what the id's new holder registered, and what that registered in turn, stays", { skip: sandboxSkip }, async () => {
     const t = await startKernel();
     try {
-      const ann = await t.persona("ann", [
-        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
-        { ops: ["system.health"], targets: ["kernel://"] },
-      ]);
-      const c = await t.connect(ann.identity, [ann.token]);
-      const a = await c.agents.spawn("sh", "k3", {
-        args: ["-c", "sleep 600"],
-        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-        lifetimeMs: 600_000,
-      });
-      const agentPersona = a.persona as string;
-      const spawnedAt = Date.now();
-      await until(() => Date.now() > spawnedAt, 5_000, "a later millisecond");
+      const { c, a, agentPersona } = await sleepingAgent(t, "ann", "k3");
       // Beside the kernel (case 729's direct edits): the agent's id registered again by another
       // holder, who registers ann/h1 with it, and ann/h1's holder registers ann/h2.
       const db = new SqliteStore(join(t.home, HOME_FILES.database));
