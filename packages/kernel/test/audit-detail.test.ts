@@ -44,4 +44,9 @@ describe("the audit detail column", () => {
       { numRuns: 500 },
     );
   });
+
+  it("keeps a key named __proto__ (a name a peer chose, as JSON.parse makes it): an assignment would set the prototype and drop it from the record", () => {
+    const named = JSON.parse('{"z":1,"__proto__":{"b":2,"a":1},"a":3}') as { [k: string]: DetailValue };
+    assert.equal(detailJson({ removed: named }), '{"removed":{"__proto__":{"a":1,"b":2},"a":3,"z":1}}');
+  });
 });

@@ -18,7 +18,10 @@ function sorted(v: DetailValue | undefined): DetailValue | undefined {
   const out: { [k: string]: DetailValue } = {};
   for (const k of sortedKeys(v)) {
     const x = sorted(v[k]);
-    if (x !== undefined) out[k] = x;
+    if (x === undefined) continue;
+    // `out.__proto__ = x` would set the prototype, and the key would vanish from the record.
+    if (k === "__proto__") Object.defineProperty(out, k, { value: x, enumerable: true, writable: true, configurable: true });
+    else out[k] = x;
   }
   return out;
 }
