@@ -6,12 +6,12 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { rawPublicKey } from "@kpip/protocol";
 import { AuditLog } from "../src/audit/log.js";
-import { AuditRetention } from "../src/audit/retention.js";
+import { AuditRetention, RECENT_PRUNED_MS } from "../src/audit/retention.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { removeHome, until } from "./harness.js";
 
-const quiet = { info: () => {}, error: () => {} };
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
 describe("audit retention prunes in slices, each ending at a signed checkpoint", () => {
   it("every slice leaves a log that verifies from a signature; a pass runs slices until retention is met", async () => {
@@ -65,6 +65,58 @@ describe("audit retention prunes in slices, each ending at a signed checkpoint",
       log.flush();
       r.run();
       assert.equal(r.removed, 120, "a stopped pass prunes nothing");
+      log.close();
+    } finally {
+      store.close();
+      removeHome(dir);
+    }
+  });
+
+  it("warns the operator when a pass prunes acts with effects less than an hour old, naming whose; not for older ones", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-audit-retention-"));
+    const store = new SqliteStore(join(dir, "kernel.db"));
+    const key = generateKeyPairSync("ed25519").privateKey;
+    try {
+      const log = new AuditLog(store, "k1", key, { batchMax: 64, checkpointEvery: 20 });
+      // mallory's write (an intent and its outcome), then her flood of reads pushing it out.
+      void log.append({ session: "s", persona: "mallory", phase: "intent", op: "storage.write", target: "obj://ws/loot" });
+      void log.append({ session: "s", persona: "mallory", phase: "outcome", op: "storage.write", target: "obj://ws/loot" });
+      for (let i = 0; i < 60; i++) void log.append({ session: "s", persona: "mallory", phase: "complete", op: "storage.read" });
+      log.flush();
+      const pass = async (now: number) => {
+        const warned: { fields: object; msg: string }[] = [];
+        const r = new AuditRetention(
+          log,
+          10,
+          {
+            ...quiet,
+            warn: (fields: unknown, msg?: unknown) => {
+              warned.push({ fields: fields as object, msg: String(msg) });
+            },
+          },
+          1024,
+          () => now,
+        );
+        let pruned = 0;
+        r.onPruned = (n) => {
+          pruned = n;
+        };
+        r.run();
+        await until(() => pruned > 0, 30_000, "the pass's end");
+        r.stop();
+        return warned;
+      };
+      // An hour and a minute on: old records, retention doing its job — no warning.
+      const later = await pass(Date.now() + RECENT_PRUNED_MS + 60_000);
+      assert.deepEqual(later, []);
+      for (let i = 0; i < 3; i++)
+        void log.append({ session: "s", persona: "eve", phase: "intent", op: "storage.delete", target: `obj://ws/e${i}` });
+      for (let i = 0; i < 40; i++) void log.append({ session: "s", persona: "eve", phase: "complete", op: "storage.read" });
+      log.flush();
+      const now = await pass(Date.now());
+      assert.equal(now.length, 1, JSON.stringify(now));
+      assert.deepEqual((now[0]?.fields as { personas: string[] }).personas, ["eve"]);
+      assert.match(now[0]?.msg ?? "", /less than an hour old/);
       log.close();
     } finally {
       store.close();
