@@ -115,7 +115,7 @@ describe("audit retention prunes in slices, each ending at a signed checkpoint",
       log.flush();
       const now = await pass(Date.now());
       assert.equal(now.length, 1, JSON.stringify(now));
-      assert.deepEqual((now[0]?.fields as { personas: string[] }).personas, ["eve"]);
+      assert.deepEqual((now[0]?.fields as { personas?: string[] } | undefined)?.personas, ["eve"]);
       assert.match(now[0]?.msg ?? "", /less than an hour old/);
       log.close();
     } finally {
