@@ -65,6 +65,13 @@ describe("a pruned log in the evidence", () => {
         const text = await cli.run(["audit", ...args, "--home", home]);
         assert.match(text.err, /records 1\.\.\d+ are not in this log \(pruned/);
       }
+      // verify names whose acts with effects the pass pruned (the admin's write), from the record's span.
+      const v = await cli.run(["audit", "verify", "--home", home]);
+      assert.match(v.out, /pruned +records from \S+ to \S+; acts with effects among them: admin \d+/, v.out);
+      const vj = await cli.run(["audit", "verify", "--json", "--home", home]);
+      const span = (JSON.parse(vj.out) as { prunedBy?: { span?: { personas?: Record<string, { intents: number }> } } }).prunedBy
+        ?.span;
+      assert.ok((span?.personas?.admin?.intents ?? 0) >= 1, vj.out);
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

@@ -1,6 +1,7 @@
 import type { AuditCheckpoint, AuditReader, VerifyResult } from "@kpip/kernel";
 import { isoTime } from "../util.js";
 import { journalText, pendingJournal } from "./journal-note.js";
+import { printable } from "./printable.js";
 
 /** What `audit verify` proved, beyond ok/broken: the head, the checkpoints, the anchors, the unsigned tail. */
 export interface VerifyReport extends VerifyResult {
@@ -12,11 +13,19 @@ export interface VerifyReport extends VerifyResult {
   /** Records after the last signed checkpoint: appended, but no signature covers them yet. */
   unsignedTail: { from: number; to: number; records: number; since: string | null } | null;
   /** The kernel's `audit.pruned` record that accounts for a pruned start, when one does. */
-  prunedBy?: { seq: number; through: number };
+  prunedBy?: { seq: number; through: number; span?: PrunedSpanView };
   /** Anchors checked (null: no anchor file given). */
   anchors: number | null;
   anchorsPruned?: number;
   warnings: string[];
+}
+
+/** What the `audit.pruned` record says the pruned records were (its `detail.span`, docs/audit.md). */
+export interface PrunedSpanView {
+  from?: number;
+  to?: number;
+  personas?: Record<string, { records?: number; intents?: number; last?: number }>;
+  otherPersonas?: { records?: number; intents?: number };
 }
 
 const NO_ANCHORS =
@@ -35,17 +44,18 @@ function prunedByWhom(
   through: number,
   retain: number | undefined,
 ): { by?: VerifyReport["prunedBy"]; warning?: string } {
-  let found: { seq: number; through: number } | undefined;
+  let found: { seq: number; through: number; span?: PrunedSpanView } | undefined;
   for (const rec of reader.records({ newest: true })) {
     if (rec.seq <= through) break;
     if (rec.phase !== "kernel" || rec.op !== "audit.pruned") continue;
-    let t: unknown;
+    let d: { through?: unknown; span?: unknown } = {};
     try {
-      t = (JSON.parse(rec.detail ?? "{}") as { through?: unknown }).through;
+      d = JSON.parse(rec.detail ?? "{}") as typeof d;
     } catch {
-      t = undefined;
+      // a detail that is not JSON names nothing
     }
-    found = { seq: rec.seq, through: typeof t === "number" ? t : 0 };
+    const span = typeof d.span === "object" && d.span !== null && !Array.isArray(d.span) ? (d.span as PrunedSpanView) : undefined;
+    found = { seq: rec.seq, through: typeof d.through === "number" ? d.through : 0, ...(span ? { span } : {}) };
     break;
   }
   if (found && found.through >= through) return { by: found };
@@ -130,6 +140,8 @@ export function reportText(v: VerifyReport): string {
     const a = v.anchors !== null ? `, ${v.anchors} anchors matched` : "";
     lines.push(`audit log OK: ${v.records} records${p}, ${v.checkpoints} signed checkpoints verified${a}`);
   } else lines.push(`audit log BROKEN at record ${v.firstBad?.seq}: ${v.firstBad?.reason}`);
+  const acts = prunedActs(v.prunedBy?.span);
+  if (acts) lines.push(`pruned       ${acts}`);
   if (v.head) lines.push(`head         record ${v.head.seq} at ${v.head.time}, hash ${v.head.hash}`);
   lines.push(
     `checkpoints  at ${positions(v.checkpointSeqs)} (signatures checked with the key from ${v.keySource === "kernel.key" ? "the home's kernel.key" : "the checkpoints themselves"})`,
@@ -143,4 +155,22 @@ export function reportText(v: VerifyReport): string {
     lines.push(`anchors      ${v.anchors} checked${v.anchorsPruned ? ` (${v.anchorsPruned} name pruned records)` : ""}`);
   for (const w of v.warnings) lines.push(`WARNING: ${w}`);
   return `${lines.join("\n")}\n`;
+}
+
+/**
+ * The retention pass's summary of what it pruned, for people: its time range and the personas whose
+ * acts with effects (intents) went — what a persona flooding its own act out of the record hides.
+ */
+function prunedActs(span: PrunedSpanView | undefined): string | undefined {
+  if (span === undefined) return undefined;
+  const when =
+    typeof span.from === "number" && typeof span.to === "number"
+      ? `records from ${isoTime(span.from)} to ${isoTime(span.to)}`
+      : "records";
+  const named = Object.entries(span.personas ?? {})
+    .filter(([, c]) => typeof c?.intents === "number" && c.intents > 0)
+    .map(([id, c]) => `${printable(id)} ${c.intents}`);
+  const others = span.otherPersonas?.intents;
+  if (typeof others === "number" && others > 0) named.push(`others ${others}`);
+  return `${when}; acts with effects among them: ${named.length ? named.join(", ") : "none"} (audit.pruned's span; --json has it)`;
 }
