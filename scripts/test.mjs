@@ -38,11 +38,12 @@ if (selected.length === 0) {
 // The CLI tests run the bundled `kpip` entry: bring it up to date with the compiled files (a no-op when it is).
 const bundled = spawnSync(process.execPath, [fileURLToPath(new URL("./bundle-cli.mjs", import.meta.url))], { stdio: "inherit" });
 if (bundled.status !== 0) process.exit(bundled.status ?? 1);
-// Files at once: four by default on CI's two cores — at two, the files' waits (kernel starts, child
+// Files at once: three by default on CI's two cores — at two, the files' waits (kernel starts, child
 // processes, sockets) left 1.5 of the cores busy; at three 1.65–1.8, the run ~15 % shorter (627 s
-// against ~650–760 s, fresh-clone runs of 2026-12-06); at three a later fresh-clone run (1,688 tests)
-// left 1.65 busy in 714 s, so four. KPIP_TEST_CONCURRENCY tries another.
-const concurrency = Number(process.env.KPIP_TEST_CONCURRENCY ?? 4);
+// against ~650–760 s, fresh-clone runs of 2026-12-06). Four was no shorter (1,690 tests: 707 s against
+// 714 s at three) for 12 % more CPU in contention (bench-quick's file 136 s against 65 s): the CPU is
+// the bound. KPIP_TEST_CONCURRENCY tries another.
+const concurrency = Number(process.env.KPIP_TEST_CONCURRENCY ?? 3);
 if (!Number.isInteger(concurrency) || concurrency < 1) {
   console.error(`KPIP_TEST_CONCURRENCY must be a positive integer (got ${process.env.KPIP_TEST_CONCURRENCY})`);
   process.exit(2);
