@@ -74,6 +74,18 @@ export class PrunedSpan {
     this.to = Math.max(this.to ?? to, to);
   }
 
+  /**
+   * The personas (and "(others)", those past the tracked ones) whose acts with effects — intent
+   * records — were pruned while their newest pruned record was at or after `since`: from every
+   * persona counted, not only the ones the detail names.
+   */
+  recentActs(since: number): string[] {
+    const out: string[] = [];
+    for (const [id, c] of this.personas) if (c.intents > 0 && c.last >= since) out.push(id);
+    if (this.untracked.intents > 0 && (this.to ?? 0) >= since) out.push("(others)");
+    return out;
+  }
+
   /** `detail.span` of the pass's `audit.pruned` record; undefined when nothing was read. */
   detail(): { [k: string]: DetailValue } | undefined {
     if (this.from === undefined) return undefined;

@@ -14,25 +14,6 @@ import { PrunedSpan } from "./pruned-span.js";
 /** Acts younger than this that a pass prunes are the operator's to hear of: retention is meant for old records. */
 export const RECENT_PRUNED_MS = 3_600_000;
 
-/**
- * The personas (and "(others)", the ones the span does not name) whose acts with effects — intent
- * records — a pass pruned while their newest pruned record was younger than `since`.
- */
-export function recentlyPrunedActs(span: { [k: string]: DetailValue } | undefined, since: number): string[] {
-  if (span === undefined) return [];
-  const out: string[] = [];
-  const personas = span.personas;
-  if (personas !== null && typeof personas === "object" && !Array.isArray(personas))
-    for (const [id, c] of Object.entries(personas)) {
-      const x = c as { intents?: unknown; last?: unknown } | undefined;
-      if (typeof x?.intents === "number" && x.intents > 0 && typeof x.last === "number" && x.last >= since) out.push(id);
-    }
-  const others = span.otherPersonas as { intents?: unknown } | undefined;
-  if (typeof others?.intents === "number" && others.intents > 0 && typeof span.to === "number" && span.to >= since)
-    out.push("(others)");
-  return out;
-}
-
 export class AuditRetention {
   private readonly loop = new SliceLoop();
   /** Records removed so far (logs, tests). */
@@ -78,7 +59,7 @@ export class AuditRetention {
         );
         // A flood that pushes a persona's own recent act out of the record is what this warns of:
         // the span on the record says whose; the operator may raise auditRetainRecords.
-        const recent = recentlyPrunedActs(summary, this.now() - RECENT_PRUNED_MS);
+        const recent = span.recentActs(this.now() - RECENT_PRUNED_MS);
         if (recent.length)
           this.log.warn(
             { personas: recent, records: pass },
